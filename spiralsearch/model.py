@@ -1,0 +1,262 @@
+"""The SpiralFormer family from one generator (DESIGN.md §1).
+
+embedding -> pre block -> shared core looped T times, iteration t at resolution 1/g_t
+(down-sample to chunk latents, core, up-sample, causal right-shift, topology update) ->
+post block -> final norm -> LM head. A plain Transformer is a spec with no loop; a
+full-resolution looped model is a spec whose iterations are all 1: same code path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spiralsearch.resample import COARSE_POSITIONS, DOWNSAMPLE, SHIFT, UPSAMPLE, Resampler
+from spiralsearch.spec import Spec, parse_spec
+from spiralsearch.topology import TOPOLOGIES, build_topology
+
+# Width, heads, MLP and vocab; the spec fixes the depth layout. Pythia rows from DESIGN.md.
+_PYTHIA = dict(mlp_ratio=4.0, vocab_size=50304, rotary_pct=0.25, parallel_residual=True,
+               bias=True, max_seq_len=4096)
+PRESETS: dict[str, dict] = {
+    "tiny": dict(d_model=64, n_heads=4, mlp_ratio=4.0, vocab_size=256, rotary_pct=0.25,
+                 parallel_residual=False, bias=True, max_seq_len=1024),
+    "pythia-160m": dict(_PYTHIA, d_model=768, n_heads=12),
+    "pythia-410m": dict(_PYTHIA, d_model=1024, n_heads=16),
+    "pythia-1b": dict(_PYTHIA, d_model=2048, n_heads=8),
+    "pythia-1.4b": dict(_PYTHIA, d_model=2048, n_heads=16),
+}
+# The depth each preset was published with (used when no spec is given).
+PRESET_LAYERS = {"tiny": 4, "pythia-160m": 12, "pythia-410m": 24, "pythia-1b": 16,
+                 "pythia-1.4b": 24}
+
+CHOICES = {"topology": TOPOLOGIES, "downsample": DOWNSAMPLE, "upsample": UPSAMPLE,
+           "coarse_positions": COARSE_POSITIONS, "shift": SHIFT}
+
+
+class ConfigError(ValueError):
+    """A model configuration that cannot be built; the message names the bad option."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines a model. `spec` fixes depth and loop layout; the rest width."""
+
+    spec: Spec = field(default_factory=lambda: parse_spec("4"))
+    d_model: int = 64
+    n_heads: int = 4
+    mlp_ratio: float = 4.0
+    vocab_size: int = 256
+    rotary_pct: float = 0.25  # fraction of each head's dims that get rotary embeddings
+    rotary_base: float = 10000.0
+    parallel_residual: bool = False  # GPT-NeoX: x + attn(ln1 x) + mlp(ln2 x)
+    bias: bool = True
+    max_seq_len: int = 1024  # tokens
+    topology: str = "residual"
+    mesh_slots: int | None = None  # default T + 3
+    downsample: str = "score"
+    upsample: str = "allocate"
+    coarse_positions: str = "chunk"
+    shift: str = "minimal"
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "spec", parse_spec(self.spec))
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not one of "
+                                  f"{', '.join(allowed)}")
+        for name in ("d_model", "n_heads", "vocab_size", "max_seq_len"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"n_heads={self.n_heads} does not divide d_model={self.d_model}")
+        if not 0.0 <= self.rotary_pct <= 1.0:
+            raise ConfigError(f"rotary_pct must be in [0, 1], got {self.rotary_pct}")
+        if self.mlp_ratio <= 0:
+            raise ConfigError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.mesh_slots is not None and self.mesh_slots < 1:
+            raise ConfigError(f"mesh_slots must be >= 1, got {self.mesh_slots}")
+
+    @classmethod
+    def from_spec(cls, spec: str | Spec, preset: str | None = None, **options) -> ModelConfig:
+        """A config from spec notation, a preset's width (see PRESETS) and option overrides."""
+        known = {f.name for f in fields(cls)} - {"spec"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"unknown model option(s) {', '.join(unknown)}; "
+                              f"allowed: {', '.join(sorted(known))}")
+        if preset is not None and preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
+        base = dict(PRESETS[preset]) if preset else {}
+        base.update({k: v for k, v in options.items() if v is not None})
+        return cls(spec=parse_spec(spec), **base)
+
+    def replace(self, **changes) -> ModelConfig:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Plain-JSON form (spec as its canonical string)."""
+        d = asdict(self)
+        d["spec"] = str(self.spec)
+        return d
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def d_mlp(self) -> int:
+        return int(self.mlp_ratio * self.d_model)
+
+    @property
+    def rotary_dim(self) -> int:
+        """Rotated dims per head (even, as rotation acts on pairs)."""
+        return int(self.head_dim * self.rotary_pct) // 2 * 2
+
+
+def rotary_cos_sin(positions: torch.Tensor, dim: int, base: float, dtype: torch.dtype):
+    """cos/sin tables (L, dim) for integer `positions` (L,), GPT-NeoX rotate-half layout."""
+    inv_freq = 1.0 / base ** (torch.arange(0, dim, 2, device=positions.device,
+                                           dtype=torch.float32) / dim)
+    angles = positions.float()[:, None] * inv_freq[None, :]
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first cos.shape[-1] dims of x (B, H, L, hd); the rest pass through."""
+    rd = cos.shape[-1]
+    if rd == 0:
+        return x
+    xr, xp = x[..., :rd], x[..., rd:]
+    x1, x2 = xr.chunk(2, dim=-1)
+    rotated = xr * cos + torch.cat([-x2, x1], dim=-1) * sin
+    return torch.cat([rotated, xp], dim=-1)
+
+
+class Attention(nn.Module):
+    """Multi-head causal self-attention with partial rotary embeddings, via SDPA."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.probe = None  # set by spiralsearch.probes to receive attention maps
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        B, L, d = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if self.probe is not None:
+            self.probe(q, k)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(B, L, d))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer layer; sequential or (GPT-NeoX) parallel residual."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.parallel = cfg.parallel_residual
+        self.ln1 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+        self.attn = Attention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, rope) -> torch.Tensor:
+        if self.parallel:
+            return x + self.attn(self.ln1(x), rope) + self.mlp(self.ln2(x))
+        x = x + self.attn(self.ln1(x), rope)
+        return x + self.mlp(self.ln2(x))
+
+
+class SpiralFormer(nn.Module):
+    """A Middle-cycle language model: pre block, shared core looped over a resolution
+    schedule, post block. `forward(idx)` maps token ids (B, L) to logits (B, L, vocab)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        spec = cfg.spec
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pre = nn.ModuleList(Block(cfg) for _ in range(spec.n_pre))
+        self.core = nn.ModuleList(Block(cfg) for _ in range(spec.n_loop))
+        self.resamplers = nn.ModuleList(
+            Resampler(cfg.d_model, g, w, downsample=cfg.downsample, upsample=cfg.upsample,
+                      shift=cfg.shift, coarse_positions=cfg.coarse_positions, bias=cfg.bias)
+            for g, w in spec.iterations)
+        self.topology = build_topology(cfg.topology, cfg.d_model, spec.T, cfg.mesh_slots,
+                                       cfg.bias)
+        self.post = nn.ModuleList(Block(cfg) for _ in range(spec.n_post))
+        self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """GPT-2 style init; output projections shrink with the unrolled depth. Resampling
+        and routing modules keep their zero init (mean pooling, repeat, uniform routing)."""
+        std = self.cfg.init_std
+        out_std = std / math.sqrt(2 * self.cfg.spec.unrolled_depth)
+        nn.init.normal_(self.wte.weight, std=std)
+        nn.init.normal_(self.lm_head.weight, std=std)
+        for blk in [*self.pre, *self.core, *self.post]:
+            for m in blk.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, std=std)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+            nn.init.normal_(blk.attn.proj.weight, std=out_std)
+            nn.init.normal_(blk.mlp.proj.weight, std=out_std)
+
+    def _rope(self, positions: torch.Tensor, dtype: torch.dtype):
+        return rotary_cos_sin(positions, self.cfg.rotary_dim, self.cfg.rotary_base, dtype)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits (B, L, vocab_size) for token ids idx (B, L), any L in [1, max_seq_len]."""
+        B, L = idx.shape
+        if not 1 <= L <= self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {L} outside [1, max_seq_len={self.cfg.max_seq_len}]")
+        emb = self.wte(idx)
+        rope = self._rope(torch.arange(L, device=idx.device), emb.dtype)
+        h = emb
+        for blk in self.pre:
+            h = blk(h, rope)
+        state = self.topology.start(emb, h)
+        for t, rs in enumerate(self.resamplers):
+            z = rs.down(h)
+            zhat = z
+            core_rope = rope if rs.chunk == 1 else self._rope(rs.positions(L, idx.device),
+                                                              emb.dtype)
+            for blk in self.core:
+                zhat = blk(zhat, core_rope)
+            h, state = self.topology.step(t, state, h, z, zhat, rs)
+        for blk in self.post:
+            h = blk(h, rope)
+        return self.lm_head(self.ln_f(h))
+
+
+def build_model(cfg: ModelConfig | str) -> SpiralFormer:
+    """Build the model for a config (or a spec string, tiny width) on the current default
+    device; wrap in `with torch.device("meta"):` to build without memory."""
+    if not isinstance(cfg, ModelConfig):
+        cfg = ModelConfig.from_spec(cfg, preset="tiny")
+    return SpiralFormer(cfg)

@@ -1,0 +1,83 @@
+"""Topology updates U: how one loop iteration's output rejoins the running state (DESIGN.md §1.6).
+
+Every topology has `start(emb, h0) -> state` and `step(t, state, h, z, zhat, rs) -> (h, state)`:
+the running token state h (B, L, d), the chunk latents z fed to the core, the core's output
+zhat, and the iteration's Resampler `rs` (whose `up` up-samples and causally shifts a
+chunk-level tensor back to tokens). State is passed along, never kept on the module, so a
+forward pass leaves no tensors behind.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from spiralsearch.resample import Resampler
+
+TOPOLOGIES = ("residual", "anchor", "mesh")
+
+
+class Residual(nn.Module):
+    """h(t+1) = h(t) + shift(up(zhat - z)); at g = 1 exactly plain looping h(t+1) = f(h(t))."""
+
+    def start(self, emb: torch.Tensor, h0: torch.Tensor) -> None:
+        return None
+
+    def step(self, t: int, state, h, z, zhat, rs: Resampler):
+        if rs.identity:  # h + (f(h) - h) == f(h) mathematically; return f(h) to be exact
+            return zhat, state
+        return h + rs.up(zhat - z, zhat, h.shape[1]), state
+
+
+class Anchor(nn.Module):
+    """h(t+1) = h(0) + shift(up(zhat)): re-attaches the pre-block output at every step."""
+
+    def start(self, emb: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+        return h0
+
+    def step(self, t: int, h0, h, z, zhat, rs: Resampler):
+        return h0 + rs.up(zhat, zhat, h.shape[1]), h0
+
+
+class Mesh(nn.Module):
+    """A buffer of B state slots with learned, per-iteration write and read routers.
+
+    Slot 0 starts as the token embeddings, the others as zeros. Iteration t computes two
+    softmaxes over slots from h(t): the update is written m_b += u * w_write_b, then the next
+    state is read h(t+1) = sum_b m_b * w_read_b.
+    """
+
+    def __init__(self, d_model: int, n_iterations: int, n_slots: int, bias: bool = True):
+        super().__init__()
+        self.n_slots = n_slots
+        self.write = nn.ModuleList(nn.Linear(d_model, n_slots, bias=bias)
+                                   for _ in range(n_iterations))
+        self.read = nn.ModuleList(nn.Linear(d_model, n_slots, bias=bias)
+                                  for _ in range(n_iterations))
+        for m in [*self.write, *self.read]:  # uniform routing at init
+            nn.init.zeros_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def start(self, emb: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+        # the buffer m: (n_slots, B, L, d); slot 0 = token embeddings
+        return torch.cat([emb.unsqueeze(0), emb.new_zeros(self.n_slots - 1, *emb.shape)])
+
+    def step(self, t: int, m, h, z, zhat, rs: Resampler):
+        u = rs.up(zhat, zhat, h.shape[1])
+        w_write = self.write[t](h).softmax(-1).movedim(-1, 0).unsqueeze(-1)  # (n_slots, B, L, 1)
+        w_read = self.read[t](h).softmax(-1).movedim(-1, 0).unsqueeze(-1)
+        m = m + u.unsqueeze(0) * w_write
+        return (m * w_read).sum(0), m
+
+
+def build_topology(name: str, d_model: int, n_iterations: int, mesh_slots: int | None,
+                   bias: bool = True) -> nn.Module:
+    """The topology module for `name` in TOPOLOGIES."""
+    if name == "residual":
+        return Residual()
+    if name == "anchor":
+        return Anchor()
+    if name == "mesh":
+        return Mesh(d_model, n_iterations, mesh_slots or n_iterations + 3, bias)
+    raise ValueError(f"unknown topology {name!r}; allowed: {', '.join(TOPOLOGIES)}")

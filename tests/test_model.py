@@ -1,0 +1,159 @@
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from spiralsearch import ConfigError, ModelConfig, Spec, build_model, parse_spec
+from spiralsearch.model import PRESET_LAYERS, PRESETS
+from spiralsearch.resample import n_chunks
+
+VOCAB = 17
+
+
+def tiny(spec, **options) -> ModelConfig:
+    base = dict(d_model=32, n_heads=2, vocab_size=VOCAB, rotary_pct=0.5, max_seq_len=128)
+    return ModelConfig.from_spec(spec, **(base | options))
+
+
+def jittered(cfg: ModelConfig, seed: int = 0) -> torch.nn.Module:
+    """A float64 model with every parameter perturbed, so zero-initialised scorers,
+    allocators and routers cannot hide a leak behind uniform weights."""
+    torch.manual_seed(seed)
+    model = build_model(cfg).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+@st.composite
+def configs(draw):
+    chunks = draw(st.lists(st.integers(1, 8), min_size=1, max_size=4))
+    its = tuple((g, draw(st.integers(0, g - 1))) for g in chunks)
+    spec = Spec(draw(st.integers(0, 2)), draw(st.integers(1, 2)), draw(st.integers(0, 2)), its)
+    options = dict(
+        topology=draw(st.sampled_from(["residual", "anchor", "mesh"])),
+        downsample=draw(st.sampled_from(["mean", "score"])),
+        upsample=draw(st.sampled_from(["repeat", "allocate"])),
+        coarse_positions=draw(st.sampled_from(["chunk", "token"])),
+        shift=draw(st.sampled_from(["minimal", "no_overlap"])),
+        parallel_residual=draw(st.booleans()),
+    )
+    return tiny(spec, **options)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cfg=configs(), L=st.integers(1, 29), data=st.data())
+def test_strict_causality(cfg, L, data):
+    model = jittered(cfg, seed=data.draw(st.integers(0, 2**16)))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    x = torch.randint(0, VOCAB, (2, L), generator=g)
+    j = data.draw(st.integers(0, L - 1))
+    x2 = x.clone()
+    x2[:, j] = (x[:, j] + 1 + torch.randint(0, VOCAB - 1, (2,), generator=g)) % VOCAB
+    with torch.no_grad():
+        y, y2 = model(x), model(x2)
+        assert y.shape == (2, L, VOCAB)
+        # nothing before j may move; j itself must (the model reads its input)
+        assert (y[:, :j] - y2[:, :j]).abs().max().item() < 1e-9 if j else True
+        assert (y[:, j] - y2[:, j]).abs().max().item() > 1e-6
+        # full-sequence logits == prefix-only logits
+        k = data.draw(st.integers(1, L))
+        torch.testing.assert_close(model(x[:, :k]), y[:, :k], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("topology", ["residual", "anchor", "mesh"])
+def test_a_leaky_shift_is_caught(topology, monkeypatch):
+    """The property test has teeth: a shift one short of g - 1 leaks the future."""
+    cfg = tiny("0+1x{1/4}+1", topology=topology)
+    model = jittered(cfg)
+    model.resamplers[0].shift = 2
+    x = torch.randint(0, VOCAB, (1, 12))
+    x2 = x.clone()
+    x2[0, 7] = (x[0, 7] + 1) % VOCAB  # last token of chunk 1 (tokens 4..7)
+    with torch.no_grad():
+        assert (model(x)[0, :7] - model(x2)[0, :7]).abs().max() > 1e-6
+
+
+def test_unit_resolution_is_plain_looping():
+    """g=1, w=0 iterations add no parameters and equal a hand-written loop exactly."""
+    for options in [dict(downsample="score", upsample="allocate"),
+                    dict(downsample="mean", upsample="repeat")]:
+        looped = build_model(tiny("1+2x{1,1,1}+1", **options))
+        plain = build_model(tiny("4", **options))
+        assert sum(p.numel() for p in looped.parameters()) == \
+            sum(p.numel() for p in plain.parameters())
+        x = torch.randint(0, VOCAB, (2, 23))
+        with torch.no_grad():
+            rope = looped._rope(torch.arange(23), torch.float32)
+            h = looped.wte(x)
+            h = looped.pre[0](h, rope)
+            for _ in range(3):
+                for blk in looped.core:
+                    h = blk(h, rope)
+            h = looped.post[0](h, rope)
+            expected = looped.lm_head(looped.ln_f(h))
+            assert torch.equal(looped(x), expected)
+
+
+def test_zero_init_score_and_allocate_equal_mean_and_repeat():
+    x = torch.randint(0, VOCAB, (2, 21))
+    torch.manual_seed(0)
+    learned = build_model(tiny("1+1x{1/4@1,1/3}+1"))
+    simple = build_model(tiny("1+1x{1/4@1,1/3}+1", downsample="mean", upsample="repeat"))
+    simple.load_state_dict(learned.state_dict(), strict=False)
+    with torch.no_grad():
+        torch.testing.assert_close(learned(x), simple(x))
+
+
+@pytest.mark.parametrize("L", [1, 5, 8, 9, 31])
+def test_any_length(L):
+    model = build_model(tiny("1+1x{1/8@3,1/4,1}+1"))
+    assert model(torch.randint(0, VOCAB, (3, L))).shape == (3, L, VOCAB)
+
+
+def test_chunk_count_and_positions():
+    model = build_model(tiny("0+1x{1/4@3}+0", coarse_positions="token"))
+    rs = model.resamplers[0]
+    assert n_chunks(10, 4, 3) == 4  # chunks: [0], [1..4], [5..8], [9]
+    assert rs.positions(10, torch.device("cpu")).tolist() == [0, 4, 8, 9]
+    rs.coarse_positions = "chunk"
+    assert rs.positions(10, torch.device("cpu")).tolist() == [0, 1, 2, 3]
+
+
+def test_plain_and_looped_share_one_class():
+    assert type(build_model(tiny("4"))) is type(build_model(tiny("1+2x{1/2,1}+1")))
+
+
+@pytest.mark.parametrize("preset, expected", [
+    ("pythia-160m", 85_056_000), ("pythia-410m", 302_311_424),
+    ("pythia-1b", 805_736_448), ("pythia-1.4b", 1_208_602_624)])
+def test_pythia_non_embedding_params(preset, expected):
+    with torch.device("meta"):
+        model = build_model(ModelConfig.from_spec(str(PRESET_LAYERS[preset]), preset))
+    total = sum(p.numel() for p in model.parameters())
+    assert total - model.wte.weight.numel() - model.lm_head.weight.numel() == expected
+
+
+def test_presets_and_overrides():
+    cfg = ModelConfig.from_spec("2+4x{1/8,1/4,1/2,1}+2", "pythia-160m", d_model=512, n_heads=8)
+    assert (cfg.d_model, cfg.n_heads, cfg.vocab_size) == (512, 8, 50304)
+    assert cfg.parallel_residual and PRESETS["tiny"]["vocab_size"] == 256
+    assert cfg.spec == parse_spec("2+4x{1/8,1/4,1/2,1}+2")
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    (dict(topology="ring"), "topology='ring' is not one of residual, anchor, mesh"),
+    (dict(n_heads=5), "n_heads=5 does not divide d_model=64"),
+    (dict(upsample="nearest"), "upsample='nearest'"),
+    (dict(widht=3), "unknown model option(s) widht"),
+])
+def test_config_errors(kwargs, fragment):
+    with pytest.raises(ConfigError, match=None) as e:
+        ModelConfig.from_spec("1+1x{1/2}+1", "tiny", **kwargs)
+    assert fragment in str(e.value)
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown preset 'pythia-7b'"):
+        ModelConfig.from_spec("12", "pythia-7b")

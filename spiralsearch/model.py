@@ -9,6 +9,7 @@ full-resolution looped model is a spec whose iterations are all 1: same code pat
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
@@ -254,9 +255,28 @@ class SpiralFormer(nn.Module):
         return self.lm_head(self.ln_f(h))
 
 
+@contextmanager
+def _no_random_init():
+    """Random init is meaningless on the meta device, and there its first call imports
+    torch._dynamo (~1.5 s on torch 2.13); nn.Module constructors look the init functions up
+    on `torch.nn.init` at call time, so swapping them out skips it."""
+    names = ("uniform_", "normal_", "kaiming_uniform_", "trunc_normal_")
+    saved = {n: getattr(nn.init, n) for n in names}
+    for n in names:
+        setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(nn.init, n, f)
+
+
 def build_model(cfg: ModelConfig | str) -> SpiralFormer:
     """Build the model for a config (or a spec string, tiny width) on the current default
-    device; wrap in `with torch.device("meta"):` to build without memory."""
+    device; wrap in `with torch.device("meta"):` to build without memory (and no init)."""
     if not isinstance(cfg, ModelConfig):
         cfg = ModelConfig.from_spec(cfg, preset="tiny")
+    if torch.get_default_device().type == "meta":
+        with _no_random_init():
+            return SpiralFormer(cfg)
     return SpiralFormer(cfg)

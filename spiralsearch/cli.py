@@ -1,0 +1,148 @@
+"""The `spiralsearch` command line. Each subcommand is a thin layer over a library call.
+
+Bad input (a bad spec, an unknown preset, a bad YAML key, ...) prints one line naming the
+problem and exits with code 2; set SPIRALSEARCH_DEBUG=1 to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable
+
+from spiralsearch.model import PRESETS, ModelConfig
+
+EXIT_USAGE = 2
+_MODEL_HELP = {
+    "d_model": "model width", "n_heads": "attention heads", "mlp_ratio": "MLP width / d_model",
+    "vocab_size": "vocabulary size", "rotary_pct": "fraction of head dims with rotary",
+    "rotary_base": "rotary base", "parallel_residual": "GPT-NeoX parallel attention + MLP",
+    "bias": "biases in linear layers and norms", "max_seq_len": "longest input (tokens)",
+    "topology": "loop topology", "mesh_slots": "MeSH buffer slots (default T+3)",
+    "downsample": "chunk pooling", "upsample": "chunk-to-token split",
+    "coarse_positions": "rotary position of a chunk latent", "shift": "causal right-shift",
+    "norm_eps": "LayerNorm epsilon", "init_std": "init standard deviation",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2) instead of a usage dump."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--preset and one --flag per ModelConfig field (defaults None: preset/config decide)."""
+    from spiralsearch.model import CHOICES
+
+    g = parser.add_argument_group("model options (override the preset)")
+    g.add_argument("--preset", choices=list(PRESETS), help="width preset (default: tiny)")
+    for f in dataclasses.fields(ModelConfig):
+        if f.name == "spec":
+            continue
+        flag, default = "--" + f.name.replace("_", "-"), f.default
+        kw: dict = dict(dest=f.name, default=None, help=_MODEL_HELP.get(f.name))
+        if f.name in CHOICES:
+            kw["choices"] = CHOICES[f.name]
+        elif isinstance(default, bool):
+            kw["action"] = argparse.BooleanOptionalAction
+        elif isinstance(default, float):
+            kw["type"] = float
+        else:
+            kw["type"] = int
+        g.add_argument(flag, **kw)
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """The model options given on the command line (those left unset are omitted)."""
+    names = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "spec"]
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _si(x: float, unit: str = "") -> str:
+    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{prefix}{unit}"
+    return f"{x:.3g}{unit}"
+
+
+def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    """A readable table on stdout (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, c in enumerate(columns):
+        table.add_column(c, justify="left" if i == 0 else "right")
+    for r in rows:
+        table.add_row(*r)
+    Console(width=max(120, os.get_terminal_size(0).columns if sys.stdin.isatty() else 160)
+            ).print(table)
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    from spiralsearch.flops import describe
+
+    options = model_options(args)
+    preset = args.preset or ("tiny" if "d_model" not in options else None)
+    results = [describe(s, preset, seq_len=args.seq_len, **options) for s in args.specs]
+    if args.json:
+        print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
+        return 0
+    base = results[0]["flops_forward"]
+    rows = []
+    for r in results:
+        exact = "✓" if r["flops_forward"] == r["flops_forward_analytic"] else "✗"
+        rows.append([r["spec"], r["family"], _si(r["params_total"]),
+                     _si(r["params_non_embedding"]), _si(r["params_unrolled"]),
+                     str(r["unrolled_depth"]), f"{r['recurrence_ratio']:.2f}",
+                     _si(r["flops_forward"], "FLOP") + f" {exact}",
+                     _si(r["flops_per_token_train"], "FLOP"),
+                     f"{r['flops_forward'] / base:.3f}"])
+    print_table(f"{preset or 'custom'} @ {args.seq_len} tokens",
+                ["spec", "family", "params", "non-emb", "unrolled", "depth", "rec. ratio",
+                 "fwd FLOPs (fvcore=analytic)", "train FLOPs/token", "FLOPs vs first"], rows)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every subcommand."""
+    p = Parser(prog="spiralsearch", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           parser_class=Parser)
+
+    d = sub.add_parser("describe", help="parameters and FLOPs of one or more specs",
+                       description="Parameters (total, non-embedding, unrolled) and forward "
+                       "FLOPs of one prefill (fvcore on the meta device, checked against the "
+                       "analytic count). Several specs print side by side.")
+    d.add_argument("specs", nargs="+", metavar="SPEC", help="e.g. '2+4x{1/8,1/4,1/2,1}+2'")
+    d.add_argument("--seq-len", type=int, default=4096, help="prefill length (tokens)")
+    d.add_argument("--json", action="store_true", help="print the describe() dict as JSON")
+    add_model_options(d)
+    d.set_defaults(func=cmd_describe)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `spiralsearch` console script."""
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except BrokenPipeError:  # `spiralsearch ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        if os.environ.get("SPIRALSEARCH_DEBUG"):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"spiralsearch {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

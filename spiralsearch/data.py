@@ -1,0 +1,364 @@
+"""Datasets: a source string -> train/val token streams, tokenized once and cached.
+
+    ds = load_dataset("corpus:sotu")                       # bytes tokenizer, vocab 256
+    ds = load_dataset("synthetic:dyck:k=2,depth=8", "bytes")
+    ds = load_dataset("text:~/books/*.txt", "bpe:4096")
+    x, y = ds.get_batch("train", batch_size=32, seq_len=256, step=1000)
+    print(ds.bits_per_byte(1.2), ds.optimal_loss)
+
+Sources (options after a last `:` as `name=value,...`; every option has a default):
+
+    synthetic:dyck[:k=4,depth=16,p=0.45,chars=2000000,seed=0,doc=1000]   see synthetic.py
+    synthetic:pcfg[:depth=5,branching=3,symbols=4,rules=3,chars=2000000,seed=0]
+    text:PATH      a UTF-8 file, a folder (every non-hidden file below it) or a glob. Each file
+                   is split into documents on runs of 2+ blank lines (chapters, in most books),
+                   so a single file still gives a train and a val split.
+    tokens:PATH[:vocab=N,dtype=uint16,bytes_per_token=B]   a nanoGPT .bin or a .npy of token
+                   ids. A raw stream has no documents: train is the first 1-val_fraction of it,
+                   val the rest. vocab defaults to max id + 1; bytes_per_token to NaN.
+    corpus:sotu    a ~1.6 MB sample of US State of the Union addresses shipped in the package.
+    corpus:prose   SOTU + Brown + Wikipedia leads (~22 MB), after `spiralsearch data fetch prose`.
+
+Text sources are split into train and val by document (a seeded shuffle picks the val
+documents; each split keeps the original order), joined (by "\\n\\n" for text, nothing for
+Dyck, "\\n" ends each PCFG sentence) and tokenized with `bytes` (UTF-8 bytes, vocab 256) or
+`bpe:N` (byte-level BPE with vocab N, trained on the train split). The token files live in
+$SPIRALSEARCH_CACHE (default ~/.cache/spiralsearch) under a hash of the content, tokenizer,
+val_fraction and seed, and are written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spiralsearch import synthetic
+from spiralsearch.sources import (
+    Corpus,
+    DataError,
+    Source,
+    cache_root,
+    parse_source,
+    resolve,
+    split_by_document,
+    typed_options,
+)
+
+__all__ = ["DataError", "Dataset", "bits_per_byte", "cache_root", "fetch_prose", "load_dataset",
+           "parse_source"]
+
+FORMAT_VERSION = 1  # bump when the cached layout or the splitting rules change
+SPLITS = ("train", "val")
+_ENTROPY_MAX_TOKENS = 1 << 27  # unigram entropy of a huge tokens: file uses its first 134M
+
+
+def bits_per_byte(loss: float, bytes_per_token: float) -> float:
+    """Convert a loss in nats/token to bits per UTF-8 byte."""
+    return loss / (math.log(2) * bytes_per_token)
+
+
+def fetch_prose(cache_dir: str | Path | None = None) -> Path:
+    """Download and verify corpus:prose into the cache (network); returns its folder."""
+    from spiralsearch.corpora import fetch_prose as fetch
+
+    return fetch(cache_dir)
+
+
+# --- tokenizers ------------------------------------------------------------------------------
+
+
+class ByteTokenizer:
+    """UTF-8 bytes: ids 0..255."""
+
+    vocab_size = 256
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return np.frombuffer("".join(texts).encode("utf-8"), dtype=np.uint8).copy()
+
+    def decode(self, ids) -> str:
+        return bytes(np.asarray(ids, dtype=np.uint8)).decode("utf-8", errors="replace")
+
+
+class BPETokenizer:
+    """A `tokenizers` byte-level BPE; vocab_size is the N asked for (the trained vocab can be
+    smaller on a tiny corpus; ids stay below N)."""
+
+    def __init__(self, tok, vocab_size: int):
+        self.tok, self.vocab_size = tok, vocab_size
+
+    @classmethod
+    def train(cls, texts: list[str], vocab_size: int) -> BPETokenizer:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(texts, trainer)
+        return cls(tok, vocab_size)
+
+    @classmethod
+    def load(cls, path: Path, vocab_size: int) -> BPETokenizer:
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_file(str(path)), vocab_size)
+
+    def save(self, path: Path) -> None:
+        _atomic_write(path, self.tok.to_str().encode())
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        encs = self.tok.encode_batch(texts, add_special_tokens=False)
+        return np.concatenate([np.asarray(e.ids, dtype=np.int64) for e in encs] or [[]])
+
+    def decode(self, ids) -> str:
+        return self.tok.decode([int(i) for i in ids])
+
+
+def _bpe_size(tokenizer: str) -> int | None:
+    """None for 'bytes', N for 'bpe:N'."""
+    if tokenizer == "bytes":
+        return None
+    kind, _, n = tokenizer.partition(":")
+    if kind != "bpe" or not n.isdigit():
+        raise DataError(f"unknown tokenizer {tokenizer!r} (expected 'bytes' or 'bpe:N')")
+    if int(n) < 256:
+        raise DataError(f"tokenizer {tokenizer!r}: N must be >= 256 (the byte alphabet)")
+    return int(n)
+
+
+def _token_dtype(vocab_size: int) -> str:
+    return "uint8" if vocab_size <= 256 else "uint16" if vocab_size <= 65536 else "uint32"
+
+
+# --- cache -----------------------------------------------------------------------------------
+
+
+def _key(**parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder + os.replace: never a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_tokens(path: Path, ids: np.ndarray) -> None:
+    ids.tofile(path)
+
+
+def _unigram_entropy(ids: np.ndarray, vocab_size: int) -> float:
+    """Entropy (nats/token) of the token frequencies, counted in chunks to bound memory."""
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    n = min(len(ids), _ENTROPY_MAX_TOKENS)
+    for i in range(0, n, 1 << 24):
+        counts += np.bincount(np.asarray(ids[i : min(n, i + (1 << 24))]), minlength=vocab_size)
+    p = counts[counts > 0] / max(1, n)
+    return float(-(p * np.log(p)).sum())
+
+
+def _bpe_path(corpus: Corpus, n: int, val_fraction: float, seed: int, root: Path) -> Path:
+    """Where the BPE tokenizer of this train split is cached."""
+    key = _key(v=FORMAT_VERSION, data=corpus.identity, vf=val_fraction, seed=seed, bpe=n)
+    return root / "tokenizers" / f"bpe{n}-{key}.json"
+
+
+def _build(corpus: Corpus, source: str, tokenizer: str, val_fraction: float, seed: int,
+           root: Path, entry: Path) -> None:
+    """Split, tokenize and write one cache entry: a folder renamed into place when complete."""
+    docs = corpus.documents()
+    is_val = split_by_document(len(docs), val_fraction, seed, source)
+    texts = {s: [d + corpus.sep for d, v in zip(docs, is_val, strict=True) if v == (s == "val")]
+             for s in SPLITS}
+    n = _bpe_size(tokenizer)
+    bpe = None if n is None else _bpe_path(corpus, n, val_fraction, seed, root)
+    if bpe is None:
+        tok: ByteTokenizer | BPETokenizer = ByteTokenizer()
+    elif bpe.exists():
+        tok = BPETokenizer.load(bpe, n)
+    else:  # trained on the train split only, so val is unseen by the tokenizer too
+        tok = BPETokenizer.train(texts["train"], n)
+    ids = {s: tok.encode(texts[s]) for s in SPLITS}
+    for s in SPLITS:
+        if len(ids[s]) == 0:
+            raise DataError(f"{source}: the {s} split is empty")
+    val_text = "".join(texts["val"])
+    optimal = None
+    if corpus.dyck is not None and n is None:
+        c = corpus.dyck
+        optimal = synthetic.dyck_optimal_loss(val_text, c.k, c.p, c.depth)
+    dtype = _token_dtype(tok.vocab_size)
+    meta = dict(version=FORMAT_VERSION, source=source, identity=corpus.identity,
+                tokenizer=tokenizer, vocab_size=tok.vocab_size, dtype=dtype,
+                bytes_per_token=len(val_text.encode("utf-8")) / len(ids["val"]),
+                optimal_loss=optimal, unigram_entropy=_unigram_entropy(ids["train"],
+                                                                       tok.vocab_size))
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    try:
+        for s in SPLITS:
+            _write_tokens(tmp / f"{s}.bin", ids[s].astype(dtype))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        if bpe is not None and not bpe.exists():  # before the entry, only valid with it
+            tok.save(bpe)
+        try:
+            os.replace(tmp, entry)
+        except OSError:
+            if not (entry / "meta.json").exists():  # else another process won the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- datasets --------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Dataset:
+    """Train and val token streams (read-only memmaps) with what a scaling law needs:
+    bytes_per_token (UTF-8 bytes per val token), optimal_loss (Bayes loss in nats/token, Dyck
+    with bytes only, else None) and unigram_entropy (nats/token of the train split)."""
+
+    source: str
+    tokenizer: str
+    vocab_size: int
+    train: np.ndarray = field(repr=False)
+    val: np.ndarray = field(repr=False)
+    bytes_per_token: float
+    optimal_loss: float | None
+    unigram_entropy: float
+    codec: ByteTokenizer | BPETokenizer | None = field(default=None, repr=False)
+
+    def _data(self, split: str, seq_len: int) -> np.ndarray:
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r} (known: train, val)")
+        data = self.train if split == "train" else self.val
+        if len(data) < seq_len + 1:
+            raise DataError(f"{self.source}: the {split} split has {len(data)} tokens, "
+                            f"fewer than seq_len + 1 = {seq_len + 1}")
+        return data
+
+    @staticmethod
+    def _windows(data: np.ndarray, starts: np.ndarray, seq_len: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        buf = np.asarray(data[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int64)
+        t = torch.from_numpy(buf)
+        return t[:, :-1].contiguous(), t[:, 1:].contiguous()
+
+    def get_batch(self, split: str, batch_size: int, seq_len: int, step: int, seed: int = 0
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random windows x, y (int64, (batch_size, seq_len)), y = x shifted by one token.
+        A pure function of the arguments, so a run resumed at `step` sees the same batches."""
+        data = self._data(split, seq_len)
+        rng = np.random.default_rng([seed, step, batch_size, seq_len, SPLITS.index(split)])
+        return self._windows(data, rng.integers(0, len(data) - seq_len, size=batch_size),
+                             seq_len)
+
+    def val_batches(self, batch_size: int, seq_len: int, n_batches: int
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """n_batches fixed batches of evenly spaced val windows, the same on every call."""
+        data = self._data("val", seq_len)
+        starts = np.linspace(0, len(data) - seq_len - 1, batch_size * n_batches)
+        starts = starts.round().astype(np.int64).reshape(n_batches, batch_size)
+        return (self._windows(data, s, seq_len) for s in starts)
+
+    def bits_per_byte(self, loss: float) -> float:
+        """A loss in nats/token as bits per UTF-8 byte (NaN for tokens: without the option)."""
+        return bits_per_byte(loss, self.bytes_per_token)
+
+    def encode(self, text: str) -> np.ndarray:
+        """Token ids of text (not for tokens: sources)."""
+        if self.codec is None:
+            raise DataError(f"{self.source}: pre-tokenized, no tokenizer to encode with")
+        return self.codec.encode([text])
+
+    def decode(self, ids) -> str:
+        """Text of token ids (not for tokens: sources)."""
+        if self.codec is None:
+            raise DataError(f"{self.source}: pre-tokenized, no tokenizer to decode with")
+        return self.codec.decode(ids)
+
+
+@dataclass(frozen=True)
+class TokensOptions:
+    """Options of a tokens: source."""
+
+    vocab: int = 0  # 0: max id + 1
+    dtype: str = "uint16"  # of a .bin file (nanoGPT's convention)
+    bytes_per_token: float = math.nan
+
+
+def _load_tokens(src: Source, source: str, tokenizer: str, val_fraction: float) -> Dataset:
+    opts = typed_options(source, src.options, TokensOptions)
+    if tokenizer != "bytes":
+        raise DataError(f"{source}: already tokenized; tokenizer {tokenizer!r} does not apply")
+    path = Path(src.name).expanduser()
+    if not path.is_file():
+        raise DataError(f"{source}: no such file: {path}")
+    if path.stat().st_size == 0:
+        raise DataError(f"{source}: empty file: {path}")
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, mmap_mode="r")
+        else:
+            dtype = np.dtype(opts.dtype)
+            if dtype.kind not in "ui":
+                raise DataError(f"{source}: dtype {opts.dtype!r} is not an integer type")
+            arr = np.memmap(path, dtype=dtype, mode="r")
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{source}: cannot read {path}: {e}") from None
+    if arr.ndim != 1 or arr.dtype.kind not in "ui" or len(arr) < 2:
+        raise DataError(f"{source}: need a 1-D integer array of 2+ tokens, got {arr.dtype} "
+                        f"{arr.shape}")
+    top = int(arr.max())
+    vocab = opts.vocab or top + 1
+    if top >= vocab:
+        raise DataError(f"{source}: token id {top} >= vocab={vocab}")
+    n_val = min(len(arr) - 1, max(1, round(val_fraction * len(arr))))
+    train, val = arr[: len(arr) - n_val], arr[len(arr) - n_val :]
+    return Dataset(source, "pretokenized", vocab, train, val, opts.bytes_per_token, None,
+                   _unigram_entropy(train, vocab))
+
+
+def load_dataset(source: str, tokenizer: str = "bytes", *, val_fraction: float = 0.1,
+                 seed: int = 0, cache_dir: str | Path | None = None) -> Dataset:
+    """Load a source (see the module docstring), tokenizing and caching it on first use.
+    val_fraction is the share of documents (of tokens, for tokens:) held out for val; seed
+    picks them."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"val_fraction={val_fraction} must be in (0, 1)")
+    src = parse_source(source)
+    if src.kind == "tokens":
+        return _load_tokens(src, source, tokenizer, val_fraction)
+    n = _bpe_size(tokenizer)
+    root = cache_root(cache_dir)
+    corpus = resolve(src, source, root)
+    key = _key(v=FORMAT_VERSION, data=corpus.identity, tok=tokenizer, vf=val_fraction, seed=seed)
+    entry = root / "datasets" / key
+    bpe = None if n is None else _bpe_path(corpus, n, val_fraction, seed, root)
+    if not (entry / "meta.json").exists() or (bpe and not bpe.exists()):
+        shutil.rmtree(entry, ignore_errors=True)  # tokens without their tokenizer are useless
+        _build(corpus, source, tokenizer, val_fraction, seed, root, entry)
+    meta = json.loads((entry / "meta.json").read_text())
+    split = {s: np.memmap(entry / f"{s}.bin", dtype=meta["dtype"], mode="r") for s in SPLITS}
+    codec = ByteTokenizer() if bpe is None else BPETokenizer.load(bpe, meta["vocab_size"])
+    return Dataset(source, tokenizer, meta["vocab_size"], split["train"], split["val"],
+                   meta["bytes_per_token"], meta["optimal_loss"], meta["unigram_entropy"], codec)

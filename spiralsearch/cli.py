@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from spiralsearch.model import PRESETS, ModelConfig
 
@@ -109,6 +110,72 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_dataclass_options(parser, cls, title: str, skip=()) -> None:
+    """One --flag per field of a config dataclass (default None: the dataclass decides)."""
+    g = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kw: dict = dict(dest=f.name, default=None, help=f"default {f.default}")
+        kw["type"] = {bool: None, float: float, int: int}.get(type(f.default), str)
+        if isinstance(f.default, bool):
+            kw.pop("type")
+            kw["action"] = argparse.BooleanOptionalAction
+        g.add_argument("--" + f.name.replace("_", "-"), **kw)
+
+
+def _given(args: argparse.Namespace, cls) -> dict:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+            if getattr(args, f.name, None) is not None}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from spiralsearch.train import DataConfig, OptimConfig, TrainConfig, prepare, train
+
+    kind, value = next((k, v) for k, v in (("flops", args.budget_flops),
+                                           ("tokens", args.budget_tokens),
+                                           ("params", args.budget_params)) if v is not None)
+    budget = dict(kind=kind, value=value) | ({"tokens": args.tokens} if args.tokens else {})
+    model = dict(spec=args.spec, preset=args.preset or "tiny") | model_options(args)
+    data = dict(source=args.data) | _given(args, DataConfig)
+    config = TrainConfig.from_dict(dict(model=model, data=data, train=_given(args, OptimConfig),
+                                        budget=budget))
+    _, p = prepare(config)  # refuse bad data or budgets before anything is written
+    print(f"{p.model.spec} ({p.model.spec.family}): {p.steps:,} steps x {p.tokens_per_step:,} "
+          f"tokens = {p.train_flops:.4g} training FLOPs ({p.kind} budget {p.target:.4g}, "
+          f"achieved {p.achieved:.4g})", file=sys.stderr)
+    out = Path(args.out)
+    try:
+        result = train(config, out_dir=out, progress=sys.stderr.isatty() or args.progress)
+    except Exception as e:  # a crash mid-run is a failed trial, not a usage error
+        from spiralsearch.train import write_summary
+
+        write_summary(out, dict(status="failed", error=f"{type(e).__name__}: {e}",
+                                spec=str(p.model.spec), family=p.model.spec.family,
+                                config=config.to_dict()))
+        raise
+    s = result.summary
+    print(f"{s['status']}: val loss {s['final_val_loss']:.4f} nats/token, "
+          f"{s['final_val_bpb']:.4f} bits/byte after {s['tokens']:,} tokens; "
+          f"summary in {out / 'summary.json'}")
+    return 0 if s["status"] == "complete" else 1
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from spiralsearch.data import fetch_prose, load_dataset
+
+    if args.data_command == "fetch":
+        print(f"corpus:prose ready in {fetch_prose()}")
+        return 0
+    ds = load_dataset(args.source, args.tokenizer)
+    info = dict(source=ds.source, tokenizer=ds.tokenizer, vocab_size=ds.vocab_size,
+                train_tokens=len(ds.train), val_tokens=len(ds.val),
+                bytes_per_token=ds.bytes_per_token, unigram_entropy=ds.unigram_entropy,
+                optimal_loss=ds.optimal_loss)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand."""
     p = Parser(prog="spiralsearch", description=__doc__.splitlines()[0])
@@ -124,6 +191,36 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print the describe() dict as JSON")
     add_model_options(d)
     d.set_defaults(func=cmd_describe)
+
+    from spiralsearch.train import DataConfig, OptimConfig
+
+    t = sub.add_parser("train", help="train one candidate to a matched budget",
+                       description="Train one model to a FLOP, token or parameter budget. "
+                       "Checkpoints go to OUT/checkpoints/ (a rerun resumes), the final "
+                       "summary to OUT/summary.json.")
+    t.add_argument("--spec", required=True, help="e.g. '1+2x{1/4,1/2,1}+1'")
+    t.add_argument("--data", default="corpus:sotu", help="data source (default corpus:sotu)")
+    b = t.add_mutually_exclusive_group(required=True)
+    b.add_argument("--budget-flops", type=float, help="training FLOPs")
+    b.add_argument("--budget-tokens", type=float, help="training tokens")
+    b.add_argument("--budget-params", type=float,
+                   help="non-embedding params (solves the width; needs --tokens)")
+    t.add_argument("--tokens", type=float, help="training tokens for --budget-params")
+    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--progress", action="store_true", help="progress bar even without a tty")
+    add_model_options(t)
+    _add_dataclass_options(t, DataConfig, "data options", skip=("source",))
+    _add_dataclass_options(t, OptimConfig, "training options")
+    t.set_defaults(func=cmd_train)
+
+    da = sub.add_parser("data", help="inspect data sources, fetch corpus:prose")
+    dsub = da.add_subparsers(dest="data_command", required=True, parser_class=Parser)
+    f = dsub.add_parser("fetch", help="download corpus:prose into the cache (network)")
+    f.add_argument("name", choices=["prose"])
+    i = dsub.add_parser("info", help="tokenize (cached) and describe a source")
+    i.add_argument("source")
+    i.add_argument("--tokenizer", default="bytes", help="bytes | bpe:N")
+    da.set_defaults(func=cmd_data)
     return p
 
 

@@ -1,0 +1,154 @@
+"""Matched budgets (DESIGN.md §3): turn a FLOP, token or parameter budget into a step count.
+
+- `flops`: training FLOPs; tokens = budget / (3 x forward FLOPs per token at seq_len).
+- `tokens`: training tokens.
+- `params`: a target non-embedding parameter count; the width solver picks d_model (a multiple
+  of n_heads) and then the MLP width that land it within 1%; training length comes from
+  `tokens` (a second number the budget carries).
+
+Every plan records target and achieved budget; one whose achieved budget misses its target by
+more than 1% (or that gives less than one step) is refused with a `BudgetError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from spiralsearch.flops import analytic_flops, count_params
+from spiralsearch.model import ModelConfig, build_model
+
+BUDGET_KINDS = ("flops", "tokens", "params")
+TOLERANCE = 0.01  # relative miss allowed between achieved and target budget
+
+
+class BudgetError(ValueError):
+    """A budget that cannot be met (too small, too far off, or malformed)."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """`kind` in BUDGET_KINDS and its `value` (FLOPs, tokens or parameters). A `params`
+    budget also needs `tokens`, the training length."""
+
+    kind: str = "tokens"
+    value: float = 1e6
+    tokens: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in BUDGET_KINDS:
+            raise BudgetError(f"budget kind {self.kind!r} is not one of {', '.join(BUDGET_KINDS)}")
+        if not self.value > 0:
+            raise BudgetError(f"{self.kind} budget must be > 0, got {self.value}")
+        if self.kind == "params" and not (self.tokens or 0) > 0:
+            raise BudgetError("a params budget needs the training length too: budget tokens > 0")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a budget means for one model: steps to run and what they achieve."""
+
+    kind: str
+    target: float
+    achieved: float
+    steps: int
+    tokens_per_step: int
+    flops_per_token: float  # training FLOPs per token (3 x forward)
+    params_non_embedding: int
+    model: ModelConfig
+
+    @property
+    def tokens(self) -> int:
+        return self.steps * self.tokens_per_step
+
+    @property
+    def train_flops(self) -> float:
+        return self.tokens * self.flops_per_token
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        return d | dict(tokens=self.tokens, train_flops=self.train_flops)
+
+
+def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token at `seq_len`: 3 x forward FLOPs of one prefill / seq_len.
+    Analytic count, which tests hold equal to fvcore's trace of the real module."""
+    return 3 * analytic_flops(cfg, seq_len)["total"] / seq_len
+
+
+def non_embedding_params(cfg: ModelConfig) -> int:
+    """Non-embedding parameters of a config (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        return count_params(build_model(cfg))["non_embedding"]
+
+
+def solve_width(cfg: ModelConfig, target: float) -> ModelConfig:
+    """A copy of cfg whose non-embedding parameter count is within 1% of `target`: the
+    d_model (multiple of n_heads) closest to it at the config's MLP ratio, then the MLP
+    width that closes the gap. Raises BudgetError when no width gets there."""
+    h = cfg.n_heads
+    lo, hi = 1, 1
+    while non_embedding_params(cfg.replace(d_model=hi * h)) < target:
+        lo, hi = hi, hi * 2
+        if hi * h > 1 << 16:
+            raise BudgetError(f"params budget {target:.4g} needs d_model > 65536")
+    while hi - lo > 1:  # largest multiple of h whose count stays below the target
+        mid = (lo + hi) // 2
+        if non_embedding_params(cfg.replace(d_model=mid * h)) < target:
+            lo = mid
+        else:
+            hi = mid
+    best = min((cfg.replace(d_model=m * h) for m in (lo, hi)),
+               key=lambda c: abs(non_embedding_params(c) - target))
+    d = best.d_model
+    # Fine-tune the MLP width: params are linear in it, so two probes give the slope.
+    p0 = non_embedding_params(best.replace(mlp_ratio=(best.d_mlp + 0.5) / d))
+    p1 = non_embedding_params(best.replace(mlp_ratio=(best.d_mlp + 1.5) / d))
+    d_mlp = max(1, best.d_mlp + round((target - p0) / (p1 - p0)))
+    tuned = best.replace(mlp_ratio=(d_mlp + 0.5) / d)
+    got = non_embedding_params(tuned)
+    if abs(got - target) > TOLERANCE * target:
+        raise BudgetError(f"params budget {target:.4g}: the closest width gives {got:,} "
+                          f"non-embedding params ({got / target - 1:+.1%}); allowed ±1%")
+    return tuned
+
+
+def plan(cfg: ModelConfig, budget: Budget, *, batch_size: int, seq_len: int) -> Plan:
+    """Steps that spend `budget` on `cfg` at batch_size x seq_len tokens per step.
+    Raises BudgetError if it gives less than one step or misses the target by over 1%."""
+    if batch_size < 1 or seq_len < 1:
+        raise BudgetError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
+    if budget.kind == "params":
+        cfg = solve_width(cfg, budget.value)
+    tokens_per_step = batch_size * seq_len
+    fpt = train_flops_per_token(cfg, seq_len)
+    n_params = non_embedding_params(cfg)
+    if budget.kind == "flops":
+        exact_steps, unit = budget.value / (fpt * tokens_per_step), "training FLOPs"
+    else:
+        tokens = budget.value if budget.kind == "tokens" else budget.tokens
+        exact_steps, unit = tokens / tokens_per_step, "tokens"
+    steps = round(exact_steps)
+    if steps < 1:
+        raise BudgetError(f"{budget.kind} budget {budget.value:.4g} gives {exact_steps:.3g} "
+                          f"steps of {tokens_per_step} tokens for spec {cfg.spec}: less than "
+                          f"one step; raise the budget or shrink batch_size x seq_len")
+    if budget.kind == "flops":
+        target, achieved = budget.value, steps * tokens_per_step * fpt
+    elif budget.kind == "tokens":
+        target, achieved = budget.value, steps * tokens_per_step
+    else:
+        target, achieved = budget.value, n_params
+        length_miss = abs(steps / exact_steps - 1)
+        if length_miss > TOLERANCE:
+            raise BudgetError(f"budget tokens {budget.tokens:.4g} gives {exact_steps:.3g} "
+                              f"steps, {length_miss:.1%} off a whole step; allowed ±1%")
+    if abs(achieved / target - 1) > TOLERANCE:
+        raise BudgetError(f"{budget.kind} budget {target:.4g} for spec {cfg.spec}: whole "
+                          f"steps of {tokens_per_step} tokens give {achieved:.4g} {unit} "
+                          f"({achieved / target - 1:+.1%}); allowed ±1%: raise the budget "
+                          f"or shrink batch_size x seq_len")
+    return Plan(budget.kind, float(target), float(achieved), steps, tokens_per_step, fpt,
+                n_params, cfg)

@@ -176,6 +176,114 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from spiralsearch.space import check_candidates, load_space
+
+    space = load_space(args.space)
+    if args.dry_run:
+        rows = check_candidates(space)
+        budgets = space.budget_values
+        unit = {"flops": "FLOPs", "tokens": "tokens", "params": "params"}[space.budget_kind]
+        table = []
+        for r in rows:
+            per = [(_si(b["tokens"]) + " tok" if b.get("tokens") else "refused: "
+                    + str(b.get("reason", ""))[:40]) for b in r["budgets"]]
+            table.append([r["spec"], r["family"], _options_text(r), _si(r["params_non_embedding"]),
+                          _si(r["flops_per_token"], "FLOP"), *per])
+        print_table(f"{space.name}: {len(rows)} candidates (dry run)",
+                    ["spec", "family", "options", "params (non-emb)", "train FLOPs/token",
+                     *[f"{_si(b)} {unit}" for b in budgets]], table)
+        return 0
+    from spiralsearch.sweep import run_sweep
+
+    report = run_sweep(space, results=args.results, address=args.address,
+                       max_concurrent=args.max_concurrent, progress=not args.no_progress)
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(report.counts.items()))
+    print(f"sweep {report.name}: {counts} ({report.skipped} complete before this run) in "
+          f"{report.seconds:.0f} s; results in {report.results}")
+    return 0
+
+
+def _options_text(row: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(row.get("options", {}).items()))
+
+
+def _print_frame(df, args: argparse.Namespace, title: str) -> None:
+    if getattr(args, "csv", False):
+        print(df.to_csv(index=False), end="")
+    elif getattr(args, "json", False):
+        print(df.to_json(orient="records", indent=2))
+    else:
+        rows = [[_cell(v) for v in r] for r in df.itertuples(index=False)]
+        print_table(title, [str(c) for c in df.columns], rows)
+
+
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def _default_db(args: argparse.Namespace) -> Path:
+    if args.db:
+        return Path(args.db)
+    found = sorted(Path("results").glob("*.duckdb"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError("no results/*.duckdb here; pass --db PATH")
+    return found[-1]
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from spiralsearch.store import query
+
+    db = _default_db(args)
+    _print_frame(query(db, args.sql), args, str(db))
+    return 0
+
+
+def cmd_trials(args: argparse.Namespace) -> int:
+    from spiralsearch.store import query
+
+    db = _default_db(args)
+    df = query(db, "SELECT trial_id, family, spec, status, budget_kind, budget_target, "
+                   "params_non_embedding, flops_per_token, final_val_loss, best_val_loss, "
+                   "final_val_bpb, wall_seconds, error FROM trials "
+                   "ORDER BY budget_target, family, final_val_loss")
+    _print_frame(df, args, f"trials in {db}")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from spiralsearch.report import fit_rows_text, fit_table, load_results
+
+    db = _default_db(args)
+    rows = fit_table(load_results(db)["trials"], by=args.by, bootstrap=args.bootstrap)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=_json_default))
+        return 0
+    if not rows:
+        print(f"no complete trials in {db} yet")
+        return 0
+    cols, cells = fit_rows_text(rows)
+    print_table(f"L(C) = E + A·C^-alpha by {args.by} ({db})", cols, cells)
+    for r in rows:
+        if r.get("note"):
+            print(f"{r['group']}: {r['note']}")
+    return 0
+
+
+def _json_default(v):
+    return None if isinstance(v, float) else str(v)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from spiralsearch.report import build_report
+
+    out = build_report(_default_db(args), args.out, bootstrap=args.bootstrap)
+    print(f"report: {out.resolve()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand."""
     p = Parser(prog="spiralsearch", description=__doc__.splitlines()[0])
@@ -221,6 +329,53 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("source")
     i.add_argument("--tokenizer", default="bytes", help="bytes | bpe:N")
     da.set_defaults(func=cmd_data)
+
+    sw = sub.add_parser("sweep", help="run a YAML search space with Ray Tune + Optuna",
+                        description="Run every (budget, family) group of a search space. "
+                        "Results land in DuckDB (default results/NAME.duckdb); re-running the "
+                        "same YAML skips trials already complete.")
+    sw.add_argument("space", help="search space YAML, e.g. search_spaces/quickstart.yaml")
+    sw.add_argument("--address", help="join a running Ray cluster (ray start --head ...)")
+    sw.add_argument("--results", help="DuckDB file (default results/NAME.duckdb)")
+    sw.add_argument("--resume", action="store_true",
+                    help="continue an interrupted sweep (a plain re-run does the same)")
+    sw.add_argument("--max-concurrent", type=int, help="trials at once (default: by resources)")
+    sw.add_argument("--dry-run", action="store_true",
+                    help="print the candidate table (params, FLOPs/token, tokens per budget)")
+    sw.add_argument("--no-progress", action="store_true", help="no live table")
+    sw.set_defaults(func=cmd_sweep)
+
+    for name, func, helptext in (("query", cmd_query, "run SQL on a results file"),
+                                 ("trials", cmd_trials, "the trials table at a glance")):
+        q = sub.add_parser(name, help=helptext, description=helptext + " (read-only; works "
+                           "while a sweep is writing)")
+        if name == "query":
+            q.add_argument("sql", help="e.g. 'SELECT family, min(final_val_loss) FROM trials "
+                           "GROUP BY family'")
+        q.add_argument("--db", help="results file (default: newest results/*.duckdb)")
+        fmt = q.add_mutually_exclusive_group()
+        fmt.add_argument("--csv", action="store_true")
+        fmt.add_argument("--json", action="store_true")
+        q.set_defaults(func=func)
+
+    fi = sub.add_parser("fit", help="fit compute-loss scaling laws per family",
+                        description="Fit L(C) = E + A*C^-alpha per family (best trial per "
+                        "budget), with bootstrap intervals, the compute multiplier against "
+                        "the plain family and a backtest on the largest budget.")
+    fi.add_argument("--db", help="results file (default: newest results/*.duckdb)")
+    fi.add_argument("--by", default="family", help="trials column to group by")
+    fi.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples")
+    fi.add_argument("--json", action="store_true")
+    fi.set_defaults(func=cmd_fit)
+
+    rp = sub.add_parser("report", help="write the offline HTML report of a sweep",
+                        description="One self-contained HTML page (plotly embedded): loss vs "
+                        "FLOPs with frontiers and fits, loss vs parameters, the multiplier "
+                        "table, loss vs recurrence ratio, frontier training curves.")
+    rp.add_argument("--db", help="results file (default: newest results/*.duckdb)")
+    rp.add_argument("--out", help="HTML path (default reports/NAME.html)")
+    rp.add_argument("--bootstrap", type=int, default=100, help="resamples for the fit bands")
+    rp.set_defaults(func=cmd_report)
     return p
 
 
@@ -233,11 +388,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `spiralsearch ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        if os.environ.get("SPIRALSEARCH_DEBUG"):
+    except Exception as e:
+        from spiralsearch.store import StoreError  # lazy: duckdb/pandas only when needed
+
+        if not isinstance(e, ValueError | FileNotFoundError | StoreError) or os.environ.get(
+                "SPIRALSEARCH_DEBUG"):
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"spiralsearch {args.command}: error: {msg}", file=sys.stderr)
+        print(f"spiralsearch {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -1,0 +1,293 @@
+"""Fits and reports from a sweep's results file (DESIGN.md §5).
+
+    rows = fit_table(load_results("results/quickstart.duckdb"), bootstrap=200)
+    build_report("results/quickstart.duckdb", "reports/quickstart.html")
+
+`fit_table` fits L(C) = E + A·C^(−α) per family on its best trial per budget (all its trials
+when it has fewer than 3 budgets), the compute multiplier against the plain family, and a
+backtest. `build_report` writes one self-contained HTML page (plotly embedded, no CDN).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from spiralsearch.scaling import (
+    PowerLawFit,
+    _refit_pl,
+    backtest,
+    best_per_budget,
+    compare,
+    fit_power_law,
+    frontier,
+)
+from spiralsearch.spec import parse_spec
+from spiralsearch.store import connect_readonly
+
+COLORS = {"plain": "#1f77b4", "looped": "#ff7f0e", "spiral": "#2ca02c"}
+_TRIALS_SQL = """
+    SELECT t.*, m.train_flops, m.tokens
+    FROM trials t LEFT JOIN (
+        SELECT trial_id, max(train_flops) AS train_flops, max(tokens) AS tokens
+        FROM metrics GROUP BY trial_id) m USING (trial_id)"""
+
+
+def load_results(db: str | Path) -> dict[str, Any]:
+    """Trials (with the training FLOPs each spent), metrics and sweeps of a results file,
+    read-only (safe while a sweep writes)."""
+    con = connect_readonly(db)
+    try:
+        trials = con.execute(_TRIALS_SQL).df()
+        metrics = con.execute("SELECT * FROM metrics ORDER BY trial_id, step").df()
+        sweeps = con.execute("SELECT * FROM sweeps").df()
+    finally:
+        con.close()
+    if not trials.empty:
+        trials["recurrence_ratio"] = [parse_spec(s).recurrence_ratio for s in trials["spec"]]
+    return dict(trials=trials, metrics=metrics, sweeps=sweeps)
+
+
+def _usable(trials: pd.DataFrame) -> pd.DataFrame:
+    """Complete trials with a finite loss and known compute."""
+    if trials.empty:
+        return trials
+    ok = (trials["status"] == "complete") & np.isfinite(trials["final_val_loss"].astype(float))
+    ok &= trials["train_flops"].notna()
+    return trials[ok]
+
+
+def _fit_points(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(compute FLOPs, loss) to fit: best trial per budget, or all with < 3 budgets."""
+    c, loss = df["train_flops"].to_numpy(float), df["final_val_loss"].to_numpy(float)
+    idx = best_per_budget(df["budget_target"].to_numpy(float), loss)
+    return (c[idx], loss[idx]) if len(idx) >= 3 else (c, loss)
+
+
+def fit_table(trials: pd.DataFrame, by: str = "family", bootstrap: int = 0, seed: int = 0,
+              reference: str = "plain") -> list[dict[str, Any]]:
+    """One row per group (family by default): n trials, E, A, alpha with their bootstrap
+    intervals, the compute multiplier against `reference` (how many times the compute the
+    reference family needs to reach the loss this family reaches at its largest budget; > 1
+    means this family is more compute-efficient), and the backtest's relative error."""
+    return _fit_groups(trials, by, bootstrap, seed, reference)[0]
+
+
+def _fit_groups(trials: pd.DataFrame, by: str, bootstrap: int, seed: int, reference: str):
+    """fit_table's rows, and the fits with the points they were made from, per group."""
+    df = _usable(trials)
+    rows: list[dict[str, Any]] = []
+    fits: dict[str, tuple[PowerLawFit, np.ndarray, np.ndarray]] = {}
+    for name, g in df.groupby(by, sort=True):
+        c, loss = _fit_points(g)
+        row: dict[str, Any] = dict(group=name, n_trials=len(g), n_points=len(c))
+        try:
+            fit = fit_power_law(c, loss, bootstrap=bootstrap, seed=seed)
+        except ValueError as e:
+            rows.append(row | dict(note=str(e)))
+            continue
+        fits[name] = (fit, c, loss)
+        row |= dict(E=fit.E, A=fit.A, alpha=fit.alpha, ci=fit.ci, converged=fit.converged)
+        try:
+            bt = backtest(c, loss)
+            row |= dict(backtest_rel_error=bt.rel_error, backtest_compute=bt.compute)
+        except ValueError as e:
+            row |= dict(backtest_rel_error=None, backtest_note=str(e))
+        rows.append(row)
+    for row in rows:
+        if row["group"] in fits and reference in fits:
+            fit, c, loss = fits[row["group"]]
+            ref, rc, rl = fits[reference]
+            cmp = compare(ref, fit, compute_a=rc, loss_a=rl, compute_b=c, loss_b=loss,
+                          bootstrap=bootstrap, seed=seed)
+            row |= dict(multiplier=cmp.multiplier, multiplier_ci=cmp.ci,
+                        multiplier_note=cmp.note, target_loss=cmp.target_loss)
+    return rows, fits
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def _ci(row: dict, key: str) -> str:
+    lo_hi = (row.get("ci") or {}).get(key) if key != "multiplier" else row.get("multiplier_ci")
+    return "" if not lo_hi else f" [{_fmt(lo_hi[0], 3)}, {_fmt(lo_hi[1], 3)}]"
+
+
+def fit_rows_text(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Column names and formatted cells of a fit table (for the CLI and the report)."""
+    cols = ["family", "trials", "E", "A", "alpha", "compute x vs plain", "backtest error"]
+    cells = []
+    for r in rows:
+        bt = r.get("backtest_rel_error")
+        cells.append([str(r["group"]), str(r["n_trials"]), _fmt(r.get("E")) + _ci(r, "E"),
+                      _fmt(r.get("A"), 3) + _ci(r, "A"), _fmt(r.get("alpha")) + _ci(r, "alpha"),
+                      _fmt(r.get("multiplier"), 3) + _ci(r, "multiplier"),
+                      "n/a" if bt is None else f"{bt:.1%}"])
+    return cols, cells
+
+
+# --- figures -----------------------------------------------------------------------------------
+
+
+def _loss_vs_compute(df: pd.DataFrame, fits: dict, bands: dict):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for fam, g in df.groupby("family"):
+        color = COLORS.get(fam, None)
+        c, loss = g["train_flops"].to_numpy(float), g["final_val_loss"].to_numpy(float)
+        fig.add_scatter(x=c, y=loss, mode="markers", name=f"{fam} trials", opacity=0.3,
+                        marker=dict(color=color, size=7), legendgroup=fam,
+                        text=g["spec"], hovertemplate="%{text}<br>%{x:.3g} FLOPs<br>"
+                        "loss %{y:.4f}<extra></extra>")
+        idx = frontier(c, loss)
+        fig.add_scatter(x=c[idx], y=loss[idx], mode="lines+markers", name=f"{fam} frontier",
+                        line=dict(color=color, width=3), marker=dict(size=10),
+                        legendgroup=fam, text=g["spec"].to_numpy()[idx],
+                        hovertemplate="%{text}<br>%{x:.3g} FLOPs<br>loss %{y:.4f}<extra></extra>")
+        if fam in fits:
+            grid = np.geomspace(c.min() / 1.5, c.max() * 3, 100)
+            if fam in bands:
+                lo, hi = bands[fam](grid)
+                fig.add_scatter(x=np.r_[grid, grid[::-1]], y=np.r_[hi, lo[::-1]], fill="toself",
+                                line=dict(width=0), fillcolor=color, opacity=0.15,
+                                name=f"{fam} fit 95% band", legendgroup=fam, hoverinfo="skip")
+            f = fits[fam]
+            fig.add_scatter(x=grid, y=f.predict(grid), mode="lines", legendgroup=fam,
+                            line=dict(color=color, dash="dash"),
+                            name=f"{fam} fit: {f.E:.3f} + {f.A:.3g}·C^-{f.alpha:.3f}")
+    fig.update_layout(title="Validation loss vs training compute", xaxis_type="log",
+                      xaxis_title="training FLOPs", yaxis_title="val loss (nats/token)")
+    return fig
+
+
+def _band(fit: PowerLawFit, c: np.ndarray, loss: np.ndarray, n: int, seed: int):
+    """Pointwise 95% band of the fitted curve from bootstrap refits (None when n == 0)."""
+    if n <= 0:
+        return None
+    rng = np.random.default_rng(seed)
+    refits = []
+    for _ in range(n):
+        i = rng.integers(0, len(c), len(c))
+        if len(np.unique(c[i])) >= 3:  # refits warm-start from the fit, as its bootstrap does
+            refits.append(_refit_pl(fit, c[i], loss[i]))
+    if len(refits) < 5:
+        return None
+    return lambda grid: np.percentile([f.predict(grid) for f in refits], [2.5, 97.5], axis=0)
+
+
+def _scatter_by_family(df: pd.DataFrame, x: str, title: str, xtitle: str, log: bool):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for fam, g in df.groupby("family"):
+        fig.add_scatter(x=g[x], y=g["final_val_loss"], mode="markers", name=fam,
+                        marker=dict(color=COLORS.get(fam), size=9), text=g["spec"],
+                        hovertemplate="%{text}<br>%{x:.4g}<br>loss %{y:.4f}<extra></extra>")
+    fig.update_layout(title=title, xaxis_title=xtitle, yaxis_title="val loss (nats/token)",
+                      xaxis_type="log" if log else "linear")
+    return fig
+
+
+def _curves(df: pd.DataFrame, metrics: pd.DataFrame):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for fam, g in df.groupby("family"):
+        c, loss = g["train_flops"].to_numpy(float), g["final_val_loss"].to_numpy(float)
+        for tid, spec in zip(g["trial_id"].to_numpy()[frontier(c, loss)],
+                             g["spec"].to_numpy()[frontier(c, loss)], strict=True):
+            m = metrics[metrics["trial_id"] == tid]
+            fig.add_scatter(x=m["train_flops"], y=m["val_loss"], mode="lines+markers",
+                            name=f"{fam} {spec} ({tid[:6]})", line=dict(color=COLORS.get(fam)))
+    fig.update_layout(title="Validation-loss curves of the frontier trials", xaxis_type="log",
+                      xaxis_title="training FLOPs", yaxis_title="val loss (nats/token)")
+    return fig
+
+
+# --- the page ----------------------------------------------------------------------------------
+
+
+def build_report(db: str | Path, out: str | Path | None = None, *, bootstrap: int = 100,
+                 seed: int = 0) -> Path:
+    """Write the HTML report of a results file; returns its path (default
+    reports/NAME.html). Self-contained: plotly's JavaScript is embedded once."""
+    import plotly.offline
+
+    data = load_results(db)
+    trials, metrics, sweeps = data["trials"], data["metrics"], data["sweeps"]
+    name = sweeps["name"].iloc[0] if not sweeps.empty else Path(db).stem
+    out = Path(out) if out else Path("reports") / f"{name}.html"
+    df = _usable(trials)
+    rows, fitted = _fit_groups(trials, "family", bootstrap, seed, "plain")
+    fits = {fam: f for fam, (f, _, _) in fitted.items()}
+    bands = {fam: b for fam, (f, c, loss) in fitted.items()
+             if (b := _band(f, c, loss, bootstrap, seed)) is not None}
+    figs = []
+    if not df.empty:
+        figs.append(_loss_vs_compute(df, fits, bands))
+        figs.append(_scatter_by_family(df, "params_non_embedding", "Validation loss vs stored "
+                                       "parameters", "non-embedding parameters", log=True))
+        if df["recurrence_ratio"].nunique() > 1:
+            figs.append(_scatter_by_family(df, "recurrence_ratio", "Validation loss vs "
+                                           "recurrence ratio", "N_loop / stored layers", False))
+        figs.append(_curves(df, metrics))
+    cols, cells = fit_rows_text(rows)
+    body = [_header(name, sweeps, trials), _table(cols, cells)]
+    body += [f.to_html(full_html=False, include_plotlyjs=False, default_height="520px")
+             for f in figs]
+    if df.empty:
+        body.append("<p><b>No complete trials yet.</b></p>")
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>spiralsearch: "
+            f"{html.escape(name)}</title><style>{_CSS}</style><script>"
+            f"{plotly.offline.get_plotlyjs()}</script></head><body>{''.join(body)}</body></html>")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;
+text-align:right}th{background:#f3f3f3}pre{background:#f7f7f7;padding:1em;overflow:auto}
+.meta{color:#666}"""
+
+
+def _header(name: str, sweeps: pd.DataFrame, trials: pd.DataFrame) -> str:
+    s = sweeps.iloc[0].to_dict() if not sweeps.empty else {}
+    counts = trials["status"].value_counts().to_dict() if not trials.empty else {}
+    versions = s.get("versions")
+    if isinstance(versions, str):
+        versions = json.loads(versions)
+    meta = (f"started {s.get('started_at', '?')}, ended {s.get('ended_at') or 'still running'}"
+            f"; git {s.get('git_revision') or 'n/a'}; "
+            f"{', '.join(f'{k} {v}' for k, v in (versions or {}).items())}")
+    return (f"<h1>Sweep {html.escape(str(name))}</h1><p class='meta'>{html.escape(meta)}<br>"
+            f"trials: {html.escape(', '.join(f'{v} {k}' for k, v in counts.items()))}; "
+            f"report written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC</p>"
+            f"<details><summary>search space YAML</summary><pre>"
+            f"{html.escape(str(s.get('yaml', '')))}</pre></details>")
+
+
+def _table(cols: list[str], cells: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>"
+                   for r in cells)
+    return (f"<h2>Compute-loss fits</h2><p>L(C) = E + A·C<sup>−α</sup> per family on its best "
+            f"trial per budget, 95% bootstrap intervals in brackets. <i>compute x vs plain</i>: "
+            f"how many times its compute the plain family needs to reach the loss this family "
+            f"reaches at its largest budget (&gt; 1: more compute-efficient than plain)."
+            f"</p><table><tr>{head}</tr>{body}</table>")

@@ -1,0 +1,526 @@
+"""Sweep results in DuckDB: one file per sweep (default `results/NAME.duckdb`).
+
+    store = ResultsStore("results/demo.duckdb")      # picklable; opens nothing yet
+    store.begin_sweep("demo", yaml_text, git_revision="abc123")
+    store.write(trials=[{"sweep": "demo", "config": cfg, "status": "running"}],
+                metrics={config_hash(cfg): [{"step": 100, "train_loss": 3.2}]})
+    store.end_sweep("demo")
+
+    df = load("results/demo.duckdb")                  # notebooks, other processes
+    df = query("results/demo.duckdb", "SELECT model_spec, min(val_loss) FROM metrics ...")
+
+DuckDB lets one process hold a read-write connection OR any number of processes hold
+read-only ones, never both (a conflicting open fails at once with "Could not set lock").
+So the single writer (the sweep driver) opens a connection per write batch, commits one
+short transaction and closes it, and everyone (writer included) retries a conflicting open
+with bounded exponential back-off. Readers must close their connections promptly: a
+notebook holding one open stalls the writer until its lock timeout.
+
+Tables (see `_v1_create` for the exact DDL):
+    meta     key -> value; `schema_version` is checked on every open.
+    sweeps   one row per sweep: yaml, start/end (UTC), git revision, package versions, status.
+    trials   one row per trial_id = config_hash(config), fixed result columns plus every
+             config leaf as its own column (`model_d_model`, `train_lr`, ...), added on demand.
+    metrics  one row per (trial_id, step); re-ingesting a report replaces, never duplicates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+
+if TYPE_CHECKING:  # only load/query return DataFrames; the writer need not import pandas
+    import pandas as pd
+
+__all__ = [
+    "METRIC_COLUMNS",
+    "SCHEMA_VERSION",
+    "SWEEP_STATUSES",
+    "TRIAL_COLUMNS",
+    "TRIAL_STATUSES",
+    "ResultsStore",
+    "StoreBusy",
+    "StoreError",
+    "config_hash",
+    "connect_readonly",
+    "flatten_config",
+    "load",
+    "query",
+    "store_path",
+]
+
+# "stopped": ended early by the scheduler (ASHA), which the sweep driver reports.
+TRIAL_STATUSES = ("pending", "running", "complete", "stopped", "diverged", "failed",
+                  "rejected")
+SWEEP_STATUSES = ("running", "complete", "failed", "interrupted")
+
+# Fixed trial columns. Config leaves get columns of their own, added on demand.
+TRIAL_COLUMNS: dict[str, str] = {
+    "trial_id": "VARCHAR PRIMARY KEY",
+    "sweep": "VARCHAR",
+    "family": "VARCHAR",
+    "spec": "VARCHAR",
+    "status": "VARCHAR",
+    "error": "VARCHAR",
+    "budget_kind": "VARCHAR",  # tokens | flops | seconds
+    "budget_target": "DOUBLE",  # in budget_kind units
+    "budget_achieved": "DOUBLE",
+    "params_total": "BIGINT",
+    "params_non_embedding": "BIGINT",
+    "params_unrolled": "BIGINT",  # counting each loop iteration's use of the shared core
+    "flops_per_token": "DOUBLE",
+    "final_val_loss": "DOUBLE",  # nats/token
+    "best_val_loss": "DOUBLE",
+    "final_val_bpb": "DOUBLE",  # bits/byte
+    "wall_seconds": "DOUBLE",
+    "config": "JSON",  # the canonical config that trial_id hashes
+    "updated_at": "TIMESTAMP",  # UTC
+}
+
+METRIC_COLUMNS: dict[str, str] = {
+    "trial_id": "VARCHAR NOT NULL",
+    "step": "BIGINT NOT NULL",
+    "tokens": "BIGINT",  # training tokens seen so far
+    "train_flops": "DOUBLE",  # training FLOPs so far (can exceed int64)
+    "train_loss": "DOUBLE",  # nats/token
+    "val_loss": "DOUBLE",
+    "val_bpb": "DOUBLE",  # bits/byte
+    "lr": "DOUBLE",
+    "tokens_per_s": "DOUBLE",
+    "wall_seconds": "DOUBLE",  # since the trial started
+}
+
+# Config leaves may not land on these: they are owned by the store.
+_RESERVED = {"trial_id", "config", "updated_at"}
+
+
+class StoreError(Exception):
+    """A results file that is missing, not ours, from a newer schema, or misused."""
+
+
+class StoreBusy(StoreError, TimeoutError):
+    """Another process kept the results file locked for longer than the timeout."""
+
+
+# --------------------------------------------------------------------------------------
+# configs
+
+
+def _canonical(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Round-trip through JSON so that hashing, flattening and storage see the same plain
+    Python values (tuples -> lists, numpy scalars -> Python scalars, int keys -> str)."""
+
+    def default(o: Any) -> Any:
+        if hasattr(o, "item"):  # numpy scalar, 0-d array, torch scalar
+            return o.item()
+        raise TypeError(f"config value {o!r} of type {type(o).__name__} is not JSON")
+
+    return json.loads(json.dumps(config, default=default, allow_nan=False))
+
+
+def _canonical_json(config: Mapping[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def config_hash(config: Mapping[str, Any], n_hex: int = 16) -> str:
+    """Stable id of a resolved config: sha256 of its canonical JSON (sorted keys, no
+    whitespace), first `n_hex` hex digits. Note 1 and 1.0 hash differently."""
+    text = _canonical_json(_canonical(config))
+    return hashlib.sha256(text.encode()).hexdigest()[:n_hex]
+
+
+def flatten_config(config: Mapping[str, Any], sep: str = "_") -> dict[str, Any]:
+    """{"model": {"d_model": 64}} -> {"model_d_model": 64}. Lists stay lists (stored as
+    JSON); an empty dict is a leaf. Names are lower-cased because DuckDB matches column
+    names case-insensitively; names that collide raise ValueError rather than silently
+    overwrite each other."""
+    out: dict[str, Any] = {}
+    seen: dict[str, str] = {}
+
+    def walk(d: Mapping[str, Any], prefix: str, path: str) -> None:
+        for k, v in d.items():
+            name, p = f"{prefix}{k}".lower(), f"{path}.{k}" if path else str(k)
+            if isinstance(v, Mapping) and v:
+                walk(v, name + sep, p)
+                continue
+            if name in seen:
+                raise ValueError(f"config keys {seen[name]!r} and {p!r} both "
+                                 f"flatten to column {name!r}")
+            seen[name] = p
+            out[name] = v
+
+    walk(config, "", "")
+    return out
+
+
+def _sql_type(v: Any) -> str | None:
+    """DuckDB column type for a canonical JSON value; None for None (no evidence yet)."""
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return "BOOLEAN"
+    if isinstance(v, int):
+        return "BIGINT" if -(2**63) <= v < 2**63 else "VARCHAR"
+    if isinstance(v, float):
+        return "DOUBLE"
+    if isinstance(v, (list, dict)):
+        return "JSON"
+    return "VARCHAR"
+
+
+def _widen(a: str, b: str) -> str:
+    """The narrowest type that holds both: ints widen to DOUBLE, anything else to text."""
+    if a == b:
+        return a
+    if {a, b} == {"BIGINT", "DOUBLE"}:
+        return "DOUBLE"
+    return "VARCHAR"
+
+
+def _adapt(v: Any, sql_type: str) -> Any:
+    """Python value to bind for a column of `sql_type`."""
+    if v is None:
+        return None
+    if sql_type == "JSON" and isinstance(v, str):
+        return v  # only ever already-JSON text: a str leaf widens its column to VARCHAR
+    if sql_type == "JSON" or (sql_type == "VARCHAR" and not isinstance(v, str)):
+        # Canonical text, so the stored config hashes to its trial_id; True -> 'true',
+        # like DuckDB's own BOOLEAN -> VARCHAR cast.
+        return _canonical_json(v)
+    return v
+
+
+def _q(name: str) -> str:
+    """Quote an identifier (config keys may contain anything)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+# --------------------------------------------------------------------------------------
+# schema and migrations
+
+
+def _v1_create(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    con.execute("""
+        CREATE TABLE sweeps (
+            name VARCHAR PRIMARY KEY, yaml TEXT, started_at TIMESTAMP, ended_at TIMESTAMP,
+            git_revision VARCHAR, versions JSON, status VARCHAR)""")
+    cols = ", ".join(f"{k} {t}" for k, t in TRIAL_COLUMNS.items())
+    con.execute(f"CREATE TABLE trials ({cols})")
+    cols = ", ".join(f"{k} {t}" for k, t in METRIC_COLUMNS.items())
+    con.execute(f"CREATE TABLE metrics ({cols}, PRIMARY KEY (trial_id, step))")
+
+
+# MIGRATIONS[i] takes a file from schema version i to i + 1, inside the write transaction.
+# To change the schema, append a function (e.g. `ALTER TABLE ... ADD COLUMN IF NOT EXISTS`)
+# and update the fixed-column dicts above; never edit a migration that has shipped.
+MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [_v1_create]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _schema_version(con: duckdb.DuckDBPyConnection, path: Path) -> int:
+    """Version recorded in the file; 0 for an empty file; StoreError if it is not ours."""
+    tables = {r[0] for r in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()"
+    ).fetchall()}
+    if not tables:
+        return 0
+    if "meta" not in tables:
+        raise StoreError(f"{path} is not a spiralsearch results store (no meta table)")
+    # fetchall, not fetchone: duckdb 2.0 refuses further work on a connection whose
+    # execute() result is only partly read.
+    rows = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
+    if len(rows) != 1 or not rows[0][0].isdigit():
+        raise StoreError(f"{path} has no valid schema_version in its meta table: {rows}")
+    return int(rows[0][0])
+
+
+def _check_version(version: int, path: Path) -> None:
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{path} has schema version {version} but this spiralsearch only "
+                         f"knows up to {SCHEMA_VERSION}; upgrade spiralsearch to read it")
+
+
+def _migrate(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    version = _schema_version(con, path)
+    _check_version(version, path)
+    for v in range(version, SCHEMA_VERSION):
+        MIGRATIONS[v](con)
+    if version < SCHEMA_VERSION:
+        con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+                    [str(SCHEMA_VERSION)])
+
+
+# --------------------------------------------------------------------------------------
+# connecting
+
+
+def _is_lock_conflict(e: Exception) -> bool:
+    return isinstance(e, duckdb.IOException) and "Could not set lock" in str(e)
+
+
+def _connect(path: Path, *, read_only: bool, timeout_s: float,
+             max_delay_s: float = 0.2) -> duckdb.DuckDBPyConnection:
+    """Open `path`, retrying lock conflicts with exponential back-off and jitter (5 ms
+    doubling up to `max_delay_s`) until `timeout_s` seconds have passed, then raise
+    StoreBusy."""
+    deadline = time.monotonic() + timeout_s
+    delay, tries = 0.005, 0
+    while True:
+        tries += 1
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as e:
+            if not _is_lock_conflict(e):
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StoreBusy(f"{path} stayed locked for {timeout_s:.1f} s ({tries} tries); "
+                                f"last error: {e}") from e
+            # Jitter so that several readers do not retry in lock-step.
+            time.sleep(min(left, delay * random.uniform(0.5, 1.5)))
+            delay = min(delay * 2, max_delay_s)
+
+
+def connect_readonly(path: str | Path, *, timeout_s: float = 30.0) -> duckdb.DuckDBPyConnection:
+    """Read-only connection to a results file, retrying for up to `timeout_s` seconds while
+    the writer holds it. Close it promptly (`with connect_readonly(p) as con:`): while it
+    is open the sweep driver cannot write. Raises StoreError if the file is missing or has
+    a newer schema, StoreBusy if it stays locked."""
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"no results database at {path}")
+    con = _connect(path, read_only=True, timeout_s=timeout_s)
+    try:
+        version = _schema_version(con, path)
+        if version == 0:  # created, but the writer died before its first commit
+            raise StoreError(f"{path} is empty: no batch was ever committed to it")
+        _check_version(version, path)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+_ORDER = {"trials": "trial_id", "metrics": "trial_id, step", "sweeps": "name", "meta": "key"}
+
+
+def load(path: str | Path, table: str = "trials", *, timeout_s: float = 30.0) -> pd.DataFrame:
+    """A whole table as a DataFrame (JSON columns as str, timestamps UTC). Holds the file
+    only while reading."""
+    order = f" ORDER BY {_ORDER[table]}" if table in _ORDER else ""
+    return query(path, f"SELECT * FROM {_q(table)}{order}", timeout_s=timeout_s)
+
+
+def query(path: str | Path, sql: str, *, timeout_s: float = 30.0) -> pd.DataFrame:
+    """Run one read-only SQL query against a results file and return a DataFrame."""
+    with connect_readonly(path, timeout_s=timeout_s) as con:
+        return con.sql(sql).df()
+
+
+def store_path(name: str, root: str | Path = "results") -> Path:
+    """Default location of a sweep's results file: `results/NAME.duckdb`."""
+    return Path(root) / f"{name}.duckdb"
+
+
+# --------------------------------------------------------------------------------------
+# the writer
+
+
+def _prepare_trial(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate one trial row and expand its config into flattened columns."""
+    unknown = sorted(set(row) - set(TRIAL_COLUMNS))
+    if unknown:
+        raise ValueError(f"unknown trial keys {unknown}; known: {sorted(TRIAL_COLUMNS)}")
+    missing = [k for k in ("sweep", "config") if row.get(k) is None]
+    if missing:
+        raise ValueError(f"trial row needs {missing}")
+    status = row.get("status")
+    if status is not None and status not in TRIAL_STATUSES:
+        raise ValueError(f"trial status {status!r} not in {TRIAL_STATUSES}")
+    config = _canonical(row["config"])
+    tid = config_hash(config)
+    if row.get("trial_id", tid) != tid:
+        raise ValueError(f"trial_id {row['trial_id']!r} != config_hash(config) {tid!r}")
+    out = dict(row, trial_id=tid, config=config)
+    out.setdefault("updated_at", _now())
+    for name, v in flatten_config(config).items():
+        if name in _RESERVED:
+            raise ValueError(f"config key {name!r} would overwrite a store-owned column")
+        # A leaf named like a fixed column (config budget.kind -> budget_kind) fills it
+        # unless the row sets it: the trainer's measured value beats the request.
+        if name not in row:
+            out[name] = v
+    return out
+
+
+def _merge_by(rows: Sequence[Mapping[str, Any]], key: Callable[[Mapping], Any]) -> list[dict]:
+    """Merge rows with the same key, later fields winning, so each key is written once."""
+    merged: dict[Any, dict] = {}
+    for r in rows:
+        merged.setdefault(key(r), {}).update(r)
+    return list(merged.values())
+
+
+@dataclass
+class ResultsStore:
+    """The one writer of a sweep's results file. Holds only the path, so it pickles (Ray
+    Tune ships it inside a callback); each call opens a connection, runs one committed
+    transaction and closes it, leaving gaps in which readers get in.
+
+    lock_timeout_s: how long a write waits for readers to let go (seconds)."""
+
+    path: Path
+    lock_timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The writer retries faster than readers (20 ms vs 200 ms cap): a busy notebook
+        # re-querying in a loop should not starve the sweep.
+        con = _connect(self.path, read_only=False, timeout_s=self.lock_timeout_s,
+                       max_delay_s=0.02)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            _migrate(con, self.path)
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            raise
+        finally:
+            con.close()  # releases the file lock (and checkpoints the WAL)
+
+    def begin_sweep(self, name: str, yaml_text: str, *, git_revision: str | None = None,
+                    versions: Mapping[str, str] | None = None) -> None:
+        """Record a sweep as running. Re-running (resuming) the same sweep keeps the first
+        started_at, clears ended_at and refreshes yaml, revision and versions."""
+        with self._transaction() as con:
+            con.execute("""
+                INSERT INTO sweeps VALUES (?, ?, ?, NULL, ?, ?, 'running')
+                ON CONFLICT (name) DO UPDATE SET
+                    yaml = excluded.yaml, ended_at = NULL, status = 'running',
+                    git_revision = coalesce(excluded.git_revision, sweeps.git_revision),
+                    versions = coalesce(excluded.versions, sweeps.versions)""",
+                [name, yaml_text, _now(), git_revision,
+                 None if versions is None else json.dumps(dict(versions))])
+
+    def end_sweep(self, name: str, status: str = "complete") -> None:
+        """Stamp ended_at (UTC) and the final status on a sweep begun with begin_sweep."""
+        if status not in SWEEP_STATUSES:
+            raise ValueError(f"sweep status {status!r} not in {SWEEP_STATUSES}")
+        with self._transaction() as con:
+            hit = con.execute("UPDATE sweeps SET ended_at = ?, status = ? WHERE name = ? "
+                              "RETURNING name", [_now(), status, name]).fetchall()
+            if not hit:
+                raise StoreError(f"no sweep {name!r} in {self.path}; call begin_sweep first")
+
+    def upsert_trial(self, row: Mapping[str, Any]) -> None:
+        """Insert a trial or update the columns given in `row` (see `write`)."""
+        self.write(trials=[row])
+
+    def add_metrics(self, trial_id: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert or replace metric rows keyed by (trial_id, step) (see `write`)."""
+        self.write(metrics={trial_id: rows})
+
+    def write(self, trials: Sequence[Mapping[str, Any]] = (),
+              metrics: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> None:
+        """One committed transaction for a batch of trial upserts and metric rows.
+
+        A trial row has `sweep`, `config` (nested dict) and any other TRIAL_COLUMNS;
+        `trial_id` defaults to config_hash(config) and must equal it if given. Only the
+        columns present are written, so a later row can update status without resending
+        results. Each config leaf goes to its own column, created on first sight with a
+        type inferred from the value and widened (BIGINT -> DOUBLE -> VARCHAR) if a later
+        trial disagrees. Metric rows need `step`; other METRIC_COLUMNS may be missing
+        (NULL on insert, unchanged on re-ingest). Bad keys raise ValueError before any
+        write."""
+        trials = _merge_by([_prepare_trial(r) for r in trials], key=lambda r: r["trial_id"])
+        mrows = [dict(r, trial_id=tid) for tid, rs in (metrics or {}).items() for r in rs]
+        for r in mrows:
+            unknown = sorted(set(r) - set(METRIC_COLUMNS))
+            if unknown or r.get("step") is None:
+                raise ValueError(f"metric row needs `step` and only {sorted(METRIC_COLUMNS)};"
+                                 f" got unknown {unknown} in {r}")
+        mrows = _merge_by(mrows, key=lambda r: (r["trial_id"], r["step"]))
+        if not trials and not mrows:
+            return
+        with self._transaction() as con:
+            if trials:
+                types = _ensure_columns(con, trials)
+                # Keys with no column are config leaves only ever seen as None: skip them.
+                _upsert(con, "trials", [{k: _adapt(v, types[k]) for k, v in r.items()
+                                         if k in types} for r in trials])
+            _upsert(con, "metrics", mrows)
+
+    def _read(self, sql: str, params: list) -> list[tuple]:
+        with self._transaction() as con:
+            return con.execute(sql, params).fetchall()
+
+    def completed_trial_ids(self, sweep: str) -> set[str]:
+        """trial_ids of `sweep` whose status is 'complete' (to skip them on a re-run)."""
+        rows = self._read("SELECT trial_id FROM trials WHERE sweep = ? AND status = 'complete'",
+                          [sweep])
+        return {r[0] for r in rows}
+
+    def trial_status(self, sweep: str) -> dict[str, str]:
+        """trial_id -> status for every trial of `sweep`."""
+        return dict(self._read("SELECT trial_id, status FROM trials WHERE sweep = ?", [sweep]))
+
+
+def _ensure_columns(con: duckdb.DuckDBPyConnection,
+                    rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Add or widen config columns so every value in `rows` fits; returns all types."""
+    have = {n.lower(): t for n, t in con.execute(
+        "SELECT column_name, data_type FROM duckdb_columns() "
+        "WHERE table_name = 'trials' AND database_name = current_database()").fetchall()}
+    want = dict(have)
+    for r in rows:
+        for k, v in r.items():
+            t = _sql_type(v)
+            if k in TRIAL_COLUMNS or t is None:
+                continue
+            want[k] = t if k not in want else _widen(want[k], t)
+    for k, t in want.items():
+        if k not in have:
+            con.execute(f"ALTER TABLE trials ADD COLUMN IF NOT EXISTS {_q(k)} {t}")
+        elif t != have[k]:
+            con.execute(f"ALTER TABLE trials ALTER COLUMN {_q(k)} SET DATA TYPE {t}")
+    return want
+
+
+def _upsert(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """INSERT OR REPLACE touches only the listed columns of an existing row, so partial
+    rows update in place and re-ingesting the same row is a no-op. Rows are grouped by
+    their key set and sent as multi-row VALUES: one statement per row costs ~2 ms, a
+    chunk ~50 us a row. (A pandas DataFrame scan is faster still but turns NaN into NULL,
+    and a diverged loss is NaN, not missing.) Keys must be unique within `rows`."""
+    groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r), []).append(r)
+    for keys, group in groups.items():
+        cols = ", ".join(_q(k) for k in keys)
+        per = max(1, 4096 // len(keys))  # ~4k parameters a statement binds fastest
+        for i in range(0, len(group), per):
+            part = group[i : i + per]
+            marks = ", ".join(["(" + ", ".join("?" * len(keys)) + ")"] * len(part))
+            con.execute(f"INSERT OR REPLACE INTO {table} ({cols}) VALUES {marks}",
+                        [r[k] for r in part for k in keys])

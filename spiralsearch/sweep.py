@@ -1,0 +1,407 @@
+"""Sweeps: a YAML search space run by Ray Tune with Optuna, results in DuckDB (DESIGN.md §4).
+
+For every (budget, family) group of the space, one Tuner runs `samples_per_budget` trials
+proposed by its own Optuna study, so each family gets the same number of shots at each
+budget (fair frontiers). Trial workers only report to Ray Tune; the driver's
+`StoreCallback` is the single writer of the results file. A trial's identity is the hash of
+its resolved config: a re-run skips trials already complete, warm-starts Optuna with their
+results, and resumes interrupted ones from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+
+from spiralsearch.space import (
+    Group,
+    SearchSpace,
+    check_candidates,
+    load_space,
+    make_sampler,
+    resolve,
+)
+from spiralsearch.store import ResultsStore, config_hash, load, store_path
+
+FINAL_KEYS = ("status", "error", "family", "spec", "budget_kind", "budget_target",
+              "budget_achieved", "params_total", "params_non_embedding", "params_unrolled",
+              "flops_per_token", "final_val_loss", "best_val_loss", "final_val_bpb",
+              "wall_seconds")
+METRIC_KEYS = ("step", "tokens", "train_flops", "train_loss", "val_loss", "val_bpb", "lr",
+               "tokens_per_s", "wall_seconds")
+
+
+# --- the trial, run inside a Ray worker ------------------------------------------------------
+
+
+def run_trial(params: dict, *, space: SearchSpace, group: Group, done: dict[str, dict],
+              checkpoints: str, report=None) -> None:
+    """Train one sampled configuration, reporting every evaluation to Ray Tune.
+
+    Never raises for a trial's own failure: a refused budget, a divergence or an exception
+    becomes a final report with its status and error, so the sweep goes on."""
+    if report is None:
+        from ray import tune
+
+        report = tune.report
+    config = resolve(space, group, params)
+    tid = config_hash(config)
+    base = dict(trial_id=tid, family=group.family, budget_target=group.budget)
+    if tid in done:  # complete in an earlier run of this sweep
+        report(base | done[tid] | {"cached": True})
+        return
+    from spiralsearch.train import TrainConfig, prepare, train
+
+    nan = math.nan
+    try:
+        # Threads and device follow the trial's resources (not part of its identity); an
+        # explicit device in the space wins.
+        run = dict(threads=max(1, int(space.resources.cpu)))
+        if config["train"].get("device", "auto") == "auto":
+            run["device"] = "cuda" if space.resources.gpu > 0 else "cpu"
+        cfg = TrainConfig.from_dict(config | {"train": config["train"] | run})
+        _, plan = prepare(cfg)
+    except ValueError as e:  # refused before training (budget, data)
+        report(base | dict(status="rejected", error=str(e), val_loss=nan, final_val_loss=nan,
+                           best_val_loss=nan, final_val_bpb=nan))
+        return
+    out = Path(checkpoints) / tid
+
+    def on_eval(row: dict) -> None:
+        report(base | dict(status="running") | row)
+
+    try:
+        result = train(cfg, out_dir=out, callback=on_eval)
+    except Exception as e:  # noqa: BLE001 — any crash is this trial's failure, not the sweep's
+        report(base | dict(status="failed", error=f"{type(e).__name__}: {e}", val_loss=nan,
+                           final_val_loss=nan, best_val_loss=nan, final_val_bpb=nan))
+        return
+    s = result.summary
+    final = {k: s[k] for k in FINAL_KEYS if k in s}
+    last = result.metrics[-1] if result.metrics else {}
+    report(base | {k: last[k] for k in METRIC_KEYS if k in last} | final
+           | dict(val_loss=s["final_val_loss"]))
+    if s["status"] == "complete":
+        shutil.rmtree(out, ignore_errors=True)  # the store keeps what matters
+
+
+# --- the driver's view: store writer and live progress ---------------------------------------
+
+
+def _tune_callback_base():
+    from ray.tune import Callback
+
+    return Callback
+
+
+class StoreCallback(_tune_callback_base()):
+    """The single writer: trial rows and metrics into DuckDB in short, batched transactions
+    (at most every `flush_s` seconds, and at every trial end). Opens nothing until the first
+    write, as Ray pickles callbacks with the run config."""
+
+    def __init__(self, store: ResultsStore, sweep: str, space: SearchSpace, group: Group,
+                 view: LiveView | None = None, flush_s: float = 2.0):
+        self.store, self.sweep, self.space, self.group = store, sweep, space, group
+        self.view, self.flush_s = view, flush_s
+        self._trials: list[dict] = []
+        self._metrics: dict[str, list[dict]] = defaultdict(list)
+        self._last_flush = 0.0
+
+    def _config(self, trial) -> dict:
+        return resolve(self.space, self.group, trial.config)
+
+    def _row(self, trial, **fields) -> dict:
+        config = self._config(trial)
+        return dict(sweep=self.sweep, config=config, family=self.group.family,
+                    spec=config["model"]["spec"]) | fields
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._trials.append(self._row(trial, status="running"))
+        if self.view:
+            self.view.update(self.group, config_hash(self._config(trial)), "running")
+        self._flush()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("status") == "running" and "step" in result:
+            self._metrics[result["trial_id"]].append(
+                {k: result[k] for k in METRIC_KEYS if k in result})
+        if time.monotonic() - self._last_flush > self.flush_s:
+            self._flush()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        r = trial.last_result or {}
+        status = r.get("status", "failed")
+        if status == "running":  # the scheduler (ASHA) stopped it early
+            status = "stopped"
+        fields = {k: r[k] for k in FINAL_KEYS if k in r and k not in ("family", "spec")}
+        if status == "stopped":
+            fields |= dict(final_val_loss=r.get("val_loss"), final_val_bpb=r.get("val_bpb"))
+        if "step" in r and r.get("status") != "running" and not r.get("cached"):
+            self._metrics[r["trial_id"]].append({k: r[k] for k in METRIC_KEYS if k in r})
+        self._trials.append(self._row(trial, **(fields | dict(status=status))))
+        if self.view:
+            self.view.update(self.group, r.get("trial_id"), status, r.get("final_val_loss"))
+        self._flush(force=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        error = getattr(trial, "error_msg", None) or "trial process died (out of memory?)"
+        self._trials.append(self._row(trial, status="failed", error=str(error)[-2000:]))
+        if self.view:
+            self.view.update(self.group, config_hash(self._config(trial)), "failed")
+        self._flush(force=True)
+
+    def on_experiment_end(self, trials, **info):
+        self._flush(force=True)
+
+    def _flush(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._last_flush < self.flush_s:
+            return
+        if self._trials or self._metrics:
+            self.store.write(trials=self._trials, metrics=dict(self._metrics))
+        self._trials, self._metrics = [], defaultdict(list)
+        self._last_flush = time.monotonic()
+
+
+class LiveView:
+    """A live table: trials done / running / failed per (budget, family), best loss so far."""
+
+    def __init__(self, space: SearchSpace, enabled: bool = True):
+        self.space, self.enabled = space, enabled
+        self.status: dict[tuple, dict[str, str]] = defaultdict(dict)
+        self.best: dict[tuple, float] = {}
+        self.live = None
+
+    def __getstate__(self) -> dict:  # Ray pickles callbacks; the live display stays here
+        return self.__dict__ | {"live": None}
+
+    def __enter__(self) -> LiveView:
+        if self.enabled:
+            from rich.live import Live
+
+            self.live = Live(self._table(), refresh_per_second=2, transient=False)
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.update(self._table())
+            self.live.stop()
+
+    def update(self, group: Group, tid: str | None, status: str, loss: float | None = None):
+        key = (group.budget, group.family)
+        self.status[key][tid or f"?{len(self.status[key])}"] = status
+        if loss is not None and math.isfinite(loss):
+            self.best[key] = min(loss, self.best.get(key, math.inf))
+        if self.live is not None:
+            self.live.update(self._table())
+
+    def _table(self):
+        from rich.table import Table
+
+        t = Table(title=f"sweep {self.space.name}")
+        for c in ("budget", "family", "done", "running", "failed/rejected", "best val loss"):
+            t.add_column(c, justify="right")
+        for g in self.space.groups():
+            st = list(self.status[(g.budget, g.family)].values())
+            done = sum(s in ("complete", "stopped", "diverged") for s in st)
+            bad = sum(s in ("failed", "rejected") for s in st)
+            best = self.best.get((g.budget, g.family))
+            t.add_row(f"{g.budget:.3g}", g.family, f"{done}/{g.n_samples(self.space)}",
+                      str(st.count("running")), str(bad), "-" if best is None else f"{best:.4f}")
+        return t
+
+
+# --- the driver -------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepReport:
+    """What a sweep run did: results path and trial counts by status."""
+
+    name: str
+    results: Path
+    counts: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0
+    seconds: float = 0.0
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None,
+              num_gpus: int | None = None) -> bool:
+    """Connect to a cluster at `address`, or start a local Ray (dashboard off). Returns True
+    when this call started or joined Ray (and so should shut it down), False if Ray was
+    already up (e.g. in tests)."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:  # "local": always a fresh Ray for this run, even if a `ray start` cluster is up
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus,
+                 include_dashboard=False, log_to_driver=False)
+    return True
+
+
+def _previous(results: Path, sweep: str) -> dict[str, dict]:
+    """Trials of an earlier run of this sweep that completed: trial_id -> final fields."""
+    if not results.exists():
+        return {}
+    df = load(results)
+    if df.empty:
+        return {}
+    df = df[(df["sweep"] == sweep) & (df["status"] == "complete")]
+    return {r["trial_id"]: {k: r[k] for k in FINAL_KEYS if k in r}
+            | dict(val_loss=r["final_val_loss"]) | {"config": r["config"]}
+            for r in df.to_dict("records")}
+
+
+def _warm_start(space: SearchSpace, group: Group, prev: dict[str, dict], dists: dict):
+    """Optuna points and rewards from trials this group completed before."""
+    import json
+
+    points, rewards = [], []
+    for r in prev.values():
+        cfg = r["config"] if isinstance(r["config"], dict) else json.loads(r["config"])
+        if r.get("family") != group.family or r.get("budget_target") != group.budget:
+            continue
+        flat = {k: cfg[k.split(".")[0]].get(k.split(".", 1)[1]) for k in dists}
+        if all(v is not None for v in flat.values()):
+            points.append(flat)
+            rewards.append(r[space.search.metric] if space.search.metric in r else
+                           r["final_val_loss"])
+    return points, rewards
+
+
+def _git_revision() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5, check=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    names = ("spiralsearch", "torch", "ray", "optuna", "duckdb", "fvcore")
+    out = {}
+    for n in names:
+        try:
+            out[n] = version(n)
+        except Exception:  # noqa: BLE001 — a missing distribution is just not listed
+            pass
+    return out
+
+
+def _run_group(space: SearchSpace, group: Group, *, store: ResultsStore, prev: dict,
+               checkpoints: Path, storage: Path, max_concurrent: int | None,
+               view: LiveView | None) -> int:
+    """One Tuner for one (budget, family) group; returns how many trials it launched."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    s = space.search
+    dists = group.optuna_space(space)
+    mine = [r for r in prev.values() if r.get("family") == group.family
+            and r.get("budget_target") == group.budget]
+    remaining = group.n_samples(space) - len(mine)
+    if not dists:  # nothing to search: one fixed config per group
+        remaining = min(remaining, 1)
+    if remaining <= 0:
+        return 0
+    done = {tid: {k: v for k, v in r.items() if k != "config"} for tid, r in prev.items()}
+    trainable = tune.with_parameters(run_trial, space=space, group=group, done=done,
+                                     checkpoints=str(checkpoints))
+    resources = trial_resources(space)
+    search_alg = None
+    if dists:
+        points, rewards = _warm_start(space, group, prev, dists)
+        searcher = OptunaSearch(dists, metric="val_loss", mode=s.mode,
+                                sampler=make_sampler(s, s.seed, search_space=dists),
+                                points_to_evaluate=points or None,
+                                evaluated_rewards=rewards or None)
+        search_alg = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent or
+                                        s.max_concurrent or _slots(space))
+    scheduler = (ASHAScheduler(time_attr="training_iteration", grace_period=s.grace_evals,
+                               max_t=10**6) if s.scheduler == "asha" else FIFOScheduler())
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, resources),
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler,
+                                    num_samples=remaining, metric="val_loss", mode=s.mode,
+                                    max_concurrent_trials=max_concurrent or s.max_concurrent),
+        run_config=tune.RunConfig(
+            name=f"{group.family}-{group.budget:.3g}-{stamp}", storage_path=str(storage),
+            verbose=0, callbacks=[StoreCallback(store, space.name, space, group, view)],
+            failure_config=tune.FailureConfig(max_failures=0)))
+    tuner.fit()
+    return remaining
+
+
+def trial_resources(space: SearchSpace) -> dict[str, float]:
+    """Ray resources of one trial: CPUs and (fractional) GPUs, so Ray packs trials onto
+    GPUs (gpu: 0.5 puts two trials on each GPU)."""
+    return {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
+
+
+def _slots(space: SearchSpace) -> int:
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 1)
+    return max(1, int(cpus // max(space.resources.cpu, 1e-9)))
+
+
+def run_sweep(space: SearchSpace | str | Path, *, results: str | Path | None = None,
+              address: str | None = None, max_concurrent: int | None = None,
+              progress: bool = True) -> SweepReport:
+    """Run every (budget, family) group of a search space; returns counts by status.
+
+    Results go to `results` (default results/NAME.duckdb). Ray: joins `address`, or uses
+    the Ray already initialised in this process, or starts a local one for the run."""
+    t0 = time.perf_counter()
+    if not isinstance(space, SearchSpace):
+        space = load_space(space)
+    check_candidates(space)  # a (budget, family) group that no candidate can run: refuse now
+    path = Path(results) if results else store_path(space.name)
+    path = path.resolve()
+    store = ResultsStore(path)
+    prev = _previous(path, space.name)
+    store.begin_sweep(space.name, space.yaml_text, git_revision=_git_revision(),
+                      versions=_versions())
+    work = path.parent / f"{path.stem}.runs"
+    owns_ray = start_ray(address)
+    status = "interrupted"
+    try:
+        with LiveView(space, enabled=progress) as view:
+            for tid, r in prev.items():
+                for g in space.groups():
+                    if r.get("family") == g.family and r.get("budget_target") == g.budget:
+                        view.update(g, tid, "complete", r.get("final_val_loss"))
+            for group in space.groups():
+                _run_group(space, group, store=store, prev=prev,
+                           checkpoints=work / "checkpoints", storage=work / "ray",
+                           max_concurrent=max_concurrent, view=view)
+        status = "complete"
+    finally:
+        store.end_sweep(space.name, status)
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+    return SweepReport(space.name, path, _count(store, space.name), len(prev),
+                       time.perf_counter() - t0)
+
+
+def _count(store: ResultsStore, sweep: str) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for s in store.trial_status(sweep).values():
+        counts[s] += 1
+    return dict(counts)

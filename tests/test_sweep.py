@@ -1,0 +1,97 @@
+import json
+import time
+
+import pytest
+
+from spiralsearch.space import load_space, parse_space
+from spiralsearch.store import config_hash, load, query
+from spiralsearch.sweep import run_sweep, trial_resources
+
+SPACE = """
+name: {name}
+data: {{source: "corpus:sotu", seq_len: 32}}
+model:
+  preset: tiny
+  d_model: 32
+  n_heads: 2
+  spec: {{choice: ["2", "1+1x{{1/2,1}}+0"]}}
+train: {{batch_size: 4, evals: 2, eval_batches: 1, lr: {lr}{extra}}}
+budget: {{kind: tokens, values: [1024]}}
+search: {{sampler: {sampler}, scheduler: none, samples_per_budget: {samples}, seed: 0}}
+resources: {{cpu: 1, gpu: 0}}
+"""
+
+
+def write_space(tmp_path, name="e2e", lr="3.0e-3", extra="", sampler="tpe", samples=1):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(SPACE.format(name=name, lr=lr, extra=extra, sampler=sampler,
+                                 samples=samples))
+    return path
+
+
+@pytest.mark.slow
+def test_sweep_end_to_end_and_idempotent_rerun(ray_session, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPIRALSEARCH_CACHE", str(tmp_path / "cache"))
+    space = write_space(tmp_path)
+    db = tmp_path / "e2e.duckdb"
+    report = run_sweep(space, results=db, progress=False)
+    assert report.counts == {"complete": 2}
+    trials = load(db)
+    assert sorted(trials["family"]) == ["plain", "spiral"]
+    for row in trials.to_dict("records"):
+        config = json.loads(row["config"]) if isinstance(row["config"], str) else row["config"]
+        assert row["trial_id"] == config_hash(config)
+        assert row["budget_achieved"] == 1024 and row["final_val_loss"] > 0
+        assert row["model_d_model"] == 32 and row["train_batch_size"] == 4  # config columns
+    metrics = query(db, "SELECT trial_id, count(*) AS n FROM metrics GROUP BY trial_id")
+    assert sorted(metrics["n"]) == [2, 2]  # both evaluations of both trials
+    sweeps = load(db, "sweeps")
+    assert sweeps["status"].tolist() == ["complete"] and sweeps["ended_at"].notna().all()
+
+    # the same YAML again: nothing new trains, nothing is duplicated
+    again = run_sweep(space, results=db, progress=False)
+    assert again.skipped == 2 and again.counts == {"complete": 2}
+    assert len(load(db)) == 2 and len(load(db, "metrics")) == 4
+
+
+@pytest.mark.slow
+def test_failing_trial_is_recorded_and_the_sweep_goes_on(ray_session, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPIRALSEARCH_CACHE", str(tmp_path / "cache"))
+    # a trial pinned to a CUDA device on this CPU machine raises inside training
+    space = write_space(tmp_path, name="failing", extra=", device: {choice: [cpu, cuda]}",
+                        sampler="grid", samples=2)
+    db = tmp_path / "failing.duckdb"
+    report = run_sweep(space, results=db, progress=False)
+    assert report.counts == {"complete": 2, "failed": 2}
+    failed = query(db, "SELECT error, train_device FROM trials WHERE status = 'failed'")
+    assert set(failed["train_device"]) == {"cuda"}
+    assert all("CUDA" in e or "cuda" in e for e in failed["error"])
+
+
+@pytest.mark.slow
+def test_fractional_gpus_are_packed(ray_session, tmp_path):
+    """gpu: 0.5 per trial on 2 (logical) GPUs: four trials run at once, two per GPU."""
+    from ray import tune
+
+    space = parse_space(SPACE.format(name="gpu", lr="1.0e-3", extra="", sampler="tpe",
+                                     samples=1).replace("gpu: 0", "gpu: 0.5"))
+    assert trial_resources(space) == {"cpu": 1.0, "gpu": 0.5}
+
+    def report_gpus(config):
+        import ray
+
+        time.sleep(3)  # overlap, so Ray has to pack them
+        tune.report({"gpu_ids": [str(i) for i in ray.get_gpu_ids()]})
+
+    res = trial_resources(space) | {"cpu": 0.5}  # 4 trials fit the session's 2 CPUs
+    tuner = tune.Tuner(tune.with_resources(report_gpus, res),
+                       tune_config=tune.TuneConfig(num_samples=4),
+                       run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0))
+    ids = [r.metrics["gpu_ids"] for r in tuner.fit()]
+    assert all(len(i) == 1 for i in ids)
+    assert sorted(i[0] for i in ids) == ["0", "0", "1", "1"]
+
+
+def test_shipped_spaces_load():
+    for name in ("quickstart", "paper-160m", "recurrence-ratio"):
+        assert load_space(f"search_spaces/{name}.yaml").name == name

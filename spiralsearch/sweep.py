@@ -10,6 +10,7 @@ results, and resumes interrupted ones from their checkpoints.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -53,7 +54,8 @@ def run_trial(params: dict, *, space: SearchSpace, group: Group, done: dict[str,
         report = tune.report
     config = resolve(space, group, params)
     tid = config_hash(config)
-    base = dict(trial_id=tid, family=group.family, budget_target=group.budget)
+    # Ray stamps its own `trial_id` on every result, so ours travels as `config_hash`.
+    base = dict(config_hash=tid, family=group.family, budget_target=group.budget)
     if tid in done:  # complete in an earlier run of this sweep
         report(base | done[tid] | {"cached": True})
         return
@@ -130,7 +132,7 @@ class StoreCallback(_tune_callback_base()):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get("status") == "running" and "step" in result:
-            self._metrics[result["trial_id"]].append(
+            self._metrics[result["config_hash"]].append(
                 {k: result[k] for k in METRIC_KEYS if k in result})
         if time.monotonic() - self._last_flush > self.flush_s:
             self._flush()
@@ -144,10 +146,10 @@ class StoreCallback(_tune_callback_base()):
         if status == "stopped":
             fields |= dict(final_val_loss=r.get("val_loss"), final_val_bpb=r.get("val_bpb"))
         if "step" in r and r.get("status") != "running" and not r.get("cached"):
-            self._metrics[r["trial_id"]].append({k: r[k] for k in METRIC_KEYS if k in r})
+            self._metrics[r["config_hash"]].append({k: r[k] for k in METRIC_KEYS if k in r})
         self._trials.append(self._row(trial, **(fields | dict(status=status))))
         if self.view:
-            self.view.update(self.group, r.get("trial_id"), status, r.get("final_val_loss"))
+            self.view.update(self.group, r.get("config_hash"), status, r.get("final_val_loss"))
         self._flush(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -193,6 +195,7 @@ class LiveView:
         if self.live is not None:
             self.live.update(self._table())
             self.live.stop()
+            print()
 
     def update(self, group: Group, tid: str | None, status: str, loss: float | None = None):
         key = (group.budget, group.family)
@@ -232,6 +235,16 @@ class SweepReport:
     seconds: float = 0.0
 
 
+def _quiet() -> None:
+    """Our live table replaces Ray's and Optuna's console output (errors still show)."""
+    import optuna
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file for a local run
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no experiment boxes
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def start_ray(address: str | None = None, num_cpus: int | None = None,
               num_gpus: int | None = None) -> bool:
     """Connect to a cluster at `address`, or start a local Ray (dashboard off). Returns True
@@ -239,14 +252,14 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
     already up (e.g. in tests)."""
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    _quiet()
     if ray.is_initialized():
         return False
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     else:  # "local": always a fresh Ray for this run, even if a `ray start` cluster is up
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus,
-                 include_dashboard=False, log_to_driver=False)
+                 include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     return True
 
 

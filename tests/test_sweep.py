@@ -45,6 +45,7 @@ def test_sweep_end_to_end_and_idempotent_rerun(ray_session, tmp_path, monkeypatc
         assert row["model_d_model"] == 32 and row["train_batch_size"] == 4  # config columns
     metrics = query(db, "SELECT trial_id, count(*) AS n FROM metrics GROUP BY trial_id")
     assert sorted(metrics["n"]) == [2, 2]  # both evaluations of both trials
+    assert set(metrics["trial_id"]) == set(trials["trial_id"])
     sweeps = load(db, "sweeps")
     assert sweeps["status"].tolist() == ["complete"] and sweeps["ended_at"].notna().all()
 

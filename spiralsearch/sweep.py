@@ -1,11 +1,12 @@
 """Sweeps: a YAML search space run by Ray Tune with Optuna, results in DuckDB (DESIGN.md §4).
 
-For every (budget, family) group of the space, one Tuner runs `samples_per_budget` trials
-proposed by its own Optuna study, so each family gets the same number of shots at each
-budget (fair frontiers). Trial workers only report to Ray Tune; the driver's
-`StoreCallback` is the single writer of the results file. A trial's identity is the hash of
-its resolved config: a re-run skips trials already complete, warm-starts Optuna with their
-results, and resumes interrupted ones from their checkpoints.
+Every (budget, family) group of the space runs `samples_per_budget` trials proposed by its
+own Optuna study, with its own ASHA rungs, so each family gets the same number of shots at
+each budget (fair frontiers); all groups share one Tuner, so trial slots never idle. Trial
+workers only report to Ray Tune; the driver's `StoreCallback` is the single writer of the
+results file. A trial's identity is the hash of its resolved config: a re-run skips trials
+already complete, warm-starts Optuna with their results, and resumes interrupted ones from
+their checkpoints.
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ METRIC_KEYS = ("step", "tokens", "train_flops", "train_loss", "val_loss", "val_b
 # --- the trial, run inside a Ray worker ------------------------------------------------------
 
 
-def run_trial(params: dict, *, space: SearchSpace, group: Group, done: dict[str, dict],
+def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dict[str, dict],
               checkpoints: str, report=None) -> None:
-    """Train one sampled configuration, reporting every evaluation to Ray Tune.
+    """Train one sampled configuration ({"group": index, "params": flat sampled options}),
+    reporting every evaluation to Ray Tune.
 
     Never raises for a trial's own failure: a refused budget, a divergence or an exception
     becomes a final report with its status and error, so the sweep goes on."""
@@ -52,7 +54,8 @@ def run_trial(params: dict, *, space: SearchSpace, group: Group, done: dict[str,
         from ray import tune
 
         report = tune.report
-    config = resolve(space, group, params)
+    group = groups[trial["group"]]
+    config = resolve(space, group, trial["params"])
     tid = config_hash(config)
     # Ray stamps its own `trial_id` on every result, so ours travels as `config_hash`.
     base = dict(config_hash=tid, family=group.family, budget_target=group.budget)
@@ -108,26 +111,29 @@ class StoreCallback(_tune_callback_base()):
     (at most every `flush_s` seconds, and at every trial end). Opens nothing until the first
     write, as Ray pickles callbacks with the run config."""
 
-    def __init__(self, store: ResultsStore, sweep: str, space: SearchSpace, group: Group,
+    def __init__(self, store: ResultsStore, sweep: str, space: SearchSpace, groups: list[Group],
                  view: LiveView | None = None, flush_s: float = 2.0):
-        self.store, self.sweep, self.space, self.group = store, sweep, space, group
+        self.store, self.sweep, self.space, self.groups = store, sweep, space, groups
         self.view, self.flush_s = view, flush_s
         self._trials: list[dict] = []
         self._metrics: dict[str, list[dict]] = defaultdict(list)
         self._last_flush = 0.0
 
+    def _group(self, trial) -> Group:
+        return self.groups[trial.config["group"]]
+
     def _config(self, trial) -> dict:
-        return resolve(self.space, self.group, trial.config)
+        return resolve(self.space, self._group(trial), trial.config["params"])
 
     def _row(self, trial, **fields) -> dict:
         config = self._config(trial)
-        return dict(sweep=self.sweep, config=config, family=self.group.family,
+        return dict(sweep=self.sweep, config=config, family=self._group(trial).family,
                     spec=config["model"]["spec"]) | fields
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._trials.append(self._row(trial, status="running"))
         if self.view:
-            self.view.update(self.group, config_hash(self._config(trial)), "running")
+            self.view.update(self._group(trial), config_hash(self._config(trial)), "running")
         self._flush()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -149,14 +155,15 @@ class StoreCallback(_tune_callback_base()):
             self._metrics[r["config_hash"]].append({k: r[k] for k in METRIC_KEYS if k in r})
         self._trials.append(self._row(trial, **(fields | dict(status=status))))
         if self.view:
-            self.view.update(self.group, r.get("config_hash"), status, r.get("final_val_loss"))
+            self.view.update(self._group(trial), r.get("config_hash"), status,
+                             r.get("final_val_loss"))
         self._flush(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         error = getattr(trial, "error_msg", None) or "trial process died (out of memory?)"
         self._trials.append(self._row(trial, status="failed", error=str(error)[-2000:]))
         if self.view:
-            self.view.update(self.group, config_hash(self._config(trial)), "failed")
+            self.view.update(self._group(trial), config_hash(self._config(trial)), "failed")
         self._flush(force=True)
 
     def on_experiment_end(self, trials, **info):
@@ -312,51 +319,65 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _run_group(space: SearchSpace, group: Group, *, store: ResultsStore, prev: dict,
-               checkpoints: Path, storage: Path, max_concurrent: int | None,
-               view: LiveView | None) -> int:
-    """One Tuner for one (budget, family) group; returns how many trials it launched."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
+def _searcher(space: SearchSpace, group: Group, prev: dict):
+    """The group's own Optuna study, warm-started with its trials completed before."""
     from ray.tune.search.optuna import OptunaSearch
 
-    s = space.search
+    from spiralsearch.grouped import FixedSearch
+
     dists = group.optuna_space(space)
-    mine = [r for r in prev.values() if r.get("family") == group.family
-            and r.get("budget_target") == group.budget]
-    remaining = group.n_samples(space) - len(mine)
-    if not dists:  # nothing to search: one fixed config per group
-        remaining = min(remaining, 1)
-    if remaining <= 0:
+    if not dists:
+        return FixedSearch(metric="val_loss", mode=space.search.mode)
+    points, rewards = _warm_start(space, group, prev, dists)
+    return OptunaSearch(dists, metric="val_loss", mode=space.search.mode,
+                        sampler=make_sampler(space.search, space.search.seed, search_space=dists),
+                        points_to_evaluate=points or None, evaluated_rewards=rewards or None)
+
+
+def _quota(space: SearchSpace, group: Group, prev: dict) -> int:
+    """Trials still to run in a group: its samples (1 if nothing is searched) minus those
+    complete from an earlier run."""
+    n = group.n_samples(space) if group.optuna_space(space) else 1
+    return max(0, n - sum(r.get("family") == group.family and r.get("budget_target")
+                          == group.budget for r in prev.values()))
+
+
+def _run_all(space: SearchSpace, *, store: ResultsStore, prev: dict, checkpoints: Path,
+             storage: Path, max_concurrent: int | None, view: LiveView | None,
+             callbacks: tuple = ()) -> int:
+    """One Tuner for every group, each with its own searcher and ASHA rungs (see grouped.py);
+    returns how many trials it launched."""
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    from spiralsearch.grouped import GroupedASHA, GroupedSearch
+
+    s, groups = space.search, space.groups()
+    quotas = [_quota(space, g, prev) for g in groups]
+    if sum(quotas) == 0:
         return 0
+    searcher = GroupedSearch([_searcher(space, g, prev) for g in groups], quotas,
+                             metric="val_loss", mode=s.mode)
+    limit = max_concurrent or s.max_concurrent or _slots(space)
+    scheduler = (GroupedASHA(len(groups), "val_loss", s.mode, s.grace_evals)
+                 if s.scheduler == "asha" else FIFOScheduler())
     done = {tid: {k: v for k, v in r.items() if k != "config"} for tid, r in prev.items()}
-    trainable = tune.with_parameters(run_trial, space=space, group=group, done=done,
+    trainable = tune.with_parameters(run_trial, space=space, groups=groups, done=done,
                                      checkpoints=str(checkpoints))
-    resources = trial_resources(space)
-    search_alg = None
-    if dists:
-        points, rewards = _warm_start(space, group, prev, dists)
-        searcher = OptunaSearch(dists, metric="val_loss", mode=s.mode,
-                                sampler=make_sampler(s, s.seed, search_space=dists),
-                                points_to_evaluate=points or None,
-                                evaluated_rewards=rewards or None)
-        search_alg = ConcurrencyLimiter(searcher, max_concurrent=max_concurrent or
-                                        s.max_concurrent or _slots(space))
-    scheduler = (ASHAScheduler(time_attr="training_iteration", grace_period=s.grace_evals,
-                               max_t=10**6) if s.scheduler == "asha" else FIFOScheduler())
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     tuner = tune.Tuner(
-        tune.with_resources(trainable, resources),
-        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler,
-                                    num_samples=remaining, metric="val_loss", mode=s.mode,
-                                    max_concurrent_trials=max_concurrent or s.max_concurrent),
+        tune.with_resources(trainable, trial_resources(space)),
+        tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, limit),
+                                    scheduler=scheduler, num_samples=sum(quotas),
+                                    metric="val_loss", mode=s.mode,
+                                    reuse_actors=True),  # no new process (torch import) per trial
         run_config=tune.RunConfig(
-            name=f"{group.family}-{group.budget:.3g}-{stamp}", storage_path=str(storage),
-            verbose=0, callbacks=[StoreCallback(store, space.name, space, group, view)],
+            name=f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage),
+            verbose=0, callbacks=[StoreCallback(store, space.name, space, groups, view),
+                                  *callbacks],
             failure_config=tune.FailureConfig(max_failures=0)))
     tuner.fit()
-    return remaining
+    return sum(quotas)
 
 
 def trial_resources(space: SearchSpace) -> dict[str, float]:
@@ -374,11 +395,12 @@ def _slots(space: SearchSpace) -> int:
 
 def run_sweep(space: SearchSpace | str | Path, *, results: str | Path | None = None,
               address: str | None = None, max_concurrent: int | None = None,
-              progress: bool = True) -> SweepReport:
+              progress: bool = True, callbacks: tuple = ()) -> SweepReport:
     """Run every (budget, family) group of a search space; returns counts by status.
 
     Results go to `results` (default results/NAME.duckdb). Ray: joins `address`, or uses
-    the Ray already initialised in this process, or starts a local one for the run."""
+    the Ray already initialised in this process, or starts a local one for the run. Extra
+    Ray Tune `callbacks` see every trial (benchmarks use this)."""
     t0 = time.perf_counter()
     if not isinstance(space, SearchSpace):
         space = load_space(space)
@@ -398,10 +420,9 @@ def run_sweep(space: SearchSpace | str | Path, *, results: str | Path | None = N
                 for g in space.groups():
                     if r.get("family") == g.family and r.get("budget_target") == g.budget:
                         view.update(g, tid, "complete", r.get("final_val_loss"))
-            for group in space.groups():
-                _run_group(space, group, store=store, prev=prev,
-                           checkpoints=work / "checkpoints", storage=work / "ray",
-                           max_concurrent=max_concurrent, view=view)
+            _run_all(space, store=store, prev=prev, checkpoints=work / "checkpoints",
+                     storage=work / "ray", max_concurrent=max_concurrent, view=view,
+                     callbacks=callbacks)
         status = "complete"
     finally:
         store.end_sweep(space.name, status)

@@ -96,3 +96,48 @@ def test_fractional_gpus_are_packed(ray_session, tmp_path):
 def test_shipped_spaces_load():
     for name in ("quickstart", "paper-160m", "recurrence-ratio"):
         assert load_space(f"search_spaces/{name}.yaml").name == name
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_sweep_joins_a_running_ray_cluster(tmp_path, monkeypatch):
+    """`ray start --head` on 127.0.0.1, then `spiralsearch sweep --address` against it."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import psutil
+
+    monkeypatch.setenv("SPIRALSEARCH_CACHE", str(tmp_path / "cache"))
+    bin_dir = Path(sys.executable).parent
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths are capped
+    port = _free_port()
+    env = os.environ | {"RAY_AUTH_MODE": "disabled"}
+    subprocess.run([str(bin_dir / "ray"), "start", "--head", f"--port={port}",
+                    "--node-ip-address=127.0.0.1", "--num-cpus=2", "--num-gpus=0",
+                    "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
+                   check=True, env=env, capture_output=True, timeout=120)
+    try:
+        space = write_space(tmp_path, name="cluster")
+        db = tmp_path / "cluster.duckdb"
+        run = subprocess.run([str(bin_dir / "spiralsearch"), "sweep", str(space), "--address",
+                              f"127.0.0.1:{port}", "--results", str(db), "--no-progress"],
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "2 complete" in run.stdout
+        assert sorted(load(db)["status"]) == ["complete", "complete"]
+    finally:  # stop this cluster only (`ray stop` would stop every Ray on the machine)
+        for p in psutil.process_iter(["cmdline"]):
+            if any(temp in part for part in (p.info["cmdline"] or [])):
+                p.kill()
+        shutil.rmtree(temp, ignore_errors=True)

@@ -11,6 +11,8 @@ searcher or scheduler.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
@@ -27,12 +29,24 @@ class FixedSearch(Searcher):
 
 
 class GroupedSearch(Searcher):
-    """Round-robin over per-group searchers, each with a quota of trials."""
+    """Round-robin over per-group searchers, each with a quota of trials.
 
-    def __init__(self, searchers: list[Searcher], quotas: list[int], metric: str, mode: str):
+    `first[g]`: params to run before asking group g's searcher (trials an earlier run left
+    unfinished); their results are added to the searcher when they complete.
+    `known(g, params)`: the result of params that already completed, or None; a searcher
+    that proposes a known point is told its result and asked again, so a re-run spends its
+    quota on new points only."""
+
+    MAX_REPEATS = 20  # known points in a row before a repeat is accepted (then cached)
+
+    def __init__(self, searchers: list[Searcher], quotas: list[int], metric: str, mode: str,
+                 first: list[list[dict]] | None = None,
+                 known: Callable[[int, dict], dict | None] | None = None):
         super().__init__(metric=metric, mode=mode)
         self.searchers, self.left = searchers, list(quotas)
-        self.owner: dict[str, int] = {}
+        self.first = [list(f) for f in (first or [[] for _ in searchers])]
+        self.known = known or (lambda g, params: None)
+        self.owner: dict[str, tuple[int, str | None, dict]] = {}  # trial -> (group, sub id)
         self._next = 0
 
     def suggest(self, trial_id: str) -> dict | str | None:
@@ -41,22 +55,45 @@ class GroupedSearch(Searcher):
             g = (self._next + k) % n
             if self.left[g] <= 0:
                 continue
-            params = self.searchers[g].suggest(trial_id)
-            if params is None or params == Searcher.FINISHED:
+            sub_id, params = self._propose(g, trial_id)
+            if params is None:
                 continue
             self.left[g] -= 1
-            self.owner[trial_id], self._next = g, g + 1
+            self.owner[trial_id], self._next = (g, sub_id, params), g + 1
             return {"group": g, "params": params}
         return Searcher.FINISHED if sum(self.left) <= 0 else None
 
+    def _propose(self, g: int, trial_id: str) -> tuple[str | None, dict | None]:
+        if self.first[g]:
+            return None, self.first[g].pop(0)
+        for attempt in range(self.MAX_REPEATS):
+            sub_id = trial_id if attempt == 0 else f"{trial_id}~{attempt}"
+            params = self.searchers[g].suggest(sub_id)
+            if params is None or params == Searcher.FINISHED:
+                return None, None
+            result = self.known(g, params)
+            if result is None or attempt == self.MAX_REPEATS - 1:
+                return sub_id, params
+            self.searchers[g].on_trial_complete(sub_id, result)  # a repeat: teach, ask again
+        return None, None
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self.owner:
-            self.searchers[self.owner[trial_id]].on_trial_result(trial_id, result)
+        g, sub_id, _ = self.owner.get(trial_id, (None, None, None))
+        if sub_id is not None:
+            self.searchers[g].on_trial_result(sub_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
-        if trial_id in self.owner:
-            self.searchers[self.owner.pop(trial_id)].on_trial_complete(trial_id, result, error)
+        if trial_id not in self.owner:
+            return
+        g, sub_id, params = self.owner.pop(trial_id)
+        searcher = self.searchers[g]
+        if sub_id is not None:
+            searcher.on_trial_complete(sub_id, result, error)
+        elif result and hasattr(searcher, "add_evaluated_point") and not error:
+            value = result.get(self.metric)
+            if value is not None and value == value:  # a resumed trial: teach its result
+                searcher.add_evaluated_point(params, value)
 
 
 class GroupedASHA(FIFOScheduler):

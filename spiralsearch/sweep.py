@@ -11,6 +11,7 @@ their checkpoints.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -36,11 +37,20 @@ FINAL_KEYS = ("status", "error", "family", "spec", "budget_kind", "budget_target
               "budget_achieved", "params_total", "params_non_embedding", "params_unrolled",
               "flops_per_token", "final_val_loss", "best_val_loss", "final_val_bpb",
               "wall_seconds")
+OBJECTIVE = "objective"  # the search metric, in every report (Optuna and ASHA read it)
 METRIC_KEYS = ("step", "tokens", "train_flops", "train_loss", "val_loss", "val_bpb", "lr",
                "tokens_per_s", "wall_seconds")
 
 
 # --- the trial, run inside a Ray worker ------------------------------------------------------
+
+
+def objective(metric: str, row: dict, best_val_loss: float) -> float:
+    """The search metric at an evaluation: val loss (nats/token), the best val loss so far,
+    or val bits per byte."""
+    if metric == "best_val_loss":
+        return best_val_loss
+    return row.get("val_bpb" if metric == "final_val_bpb" else "val_loss", math.nan)
 
 
 def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dict[str, dict],
@@ -65,6 +75,8 @@ def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dic
     from spiralsearch.train import TrainConfig, prepare, train
 
     nan = math.nan
+    failed = {OBJECTIVE: nan, "val_loss": nan, "final_val_loss": nan, "best_val_loss": nan,
+              "final_val_bpb": nan}
     try:
         # Threads and device follow the trial's resources (not part of its identity); an
         # explicit device in the space wins.
@@ -74,25 +86,27 @@ def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dic
         cfg = TrainConfig.from_dict(config | {"train": config["train"] | run})
         _, plan = prepare(cfg)
     except ValueError as e:  # refused before training (budget, data)
-        report(base | dict(status="rejected", error=str(e), val_loss=nan, final_val_loss=nan,
-                           best_val_loss=nan, final_val_bpb=nan))
+        report(base | failed | dict(status="rejected", error=str(e)))
         return
     out = Path(checkpoints) / tid
 
+    best = [math.inf]
+
     def on_eval(row: dict) -> None:
-        report(base | dict(status="running") | row)
+        best[0] = min(best[0], row["val_loss"])
+        report(base | dict(status="running") | row
+               | {OBJECTIVE: objective(space.search.metric, row, best[0])})
 
     try:
         result = train(cfg, out_dir=out, callback=on_eval)
     except Exception as e:  # noqa: BLE001 — any crash is this trial's failure, not the sweep's
-        report(base | dict(status="failed", error=f"{type(e).__name__}: {e}", val_loss=nan,
-                           final_val_loss=nan, best_val_loss=nan, final_val_bpb=nan))
+        report(base | failed | dict(status="failed", error=f"{type(e).__name__}: {e}"))
         return
     s = result.summary
     final = {k: s[k] for k in FINAL_KEYS if k in s}
     last = result.metrics[-1] if result.metrics else {}
     report(base | {k: last[k] for k in METRIC_KEYS if k in last} | final
-           | dict(val_loss=s["final_val_loss"]))
+           | {OBJECTIVE: objective(space.search.metric, last, s["best_val_loss"])})
     if s["status"] == "complete":
         shutil.rmtree(out, ignore_errors=True)  # the store keeps what matters
 
@@ -150,7 +164,8 @@ class StoreCallback(_tune_callback_base()):
             status = "stopped"
         fields = {k: r[k] for k in FINAL_KEYS if k in r and k not in ("family", "spec")}
         if status == "stopped":
-            fields |= dict(final_val_loss=r.get("val_loss"), final_val_bpb=r.get("val_bpb"))
+            fields |= dict(final_val_loss=r.get("val_loss"), final_val_bpb=r.get("val_bpb"),
+                           best_val_loss=r.get("val_loss"))
         if "step" in r and r.get("status") != "running" and not r.get("cached"):
             self._metrics[r["config_hash"]].append({k: r[k] for k in METRIC_KEYS if k in r})
         self._trials.append(self._row(trial, **(fields | dict(status=status))))
@@ -270,34 +285,49 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
     return True
 
 
-def _previous(results: Path, sweep: str) -> dict[str, dict]:
-    """Trials of an earlier run of this sweep that completed: trial_id -> final fields."""
-    if not results.exists():
-        return {}
-    df = load(results)
-    if df.empty:
-        return {}
-    df = df[(df["sweep"] == sweep) & (df["status"] == "complete")]
-    return {r["trial_id"]: {k: r[k] for k in FINAL_KEYS if k in r}
-            | dict(val_loss=r["final_val_loss"]) | {"config": r["config"]}
-            for r in df.to_dict("records")}
+_STORED_METRIC = {"val_loss": "final_val_loss", "best_val_loss": "best_val_loss",
+                  "final_val_bpb": "final_val_bpb"}  # search metric -> trials column
+FINAL_STATUSES = ("complete", "stopped", "diverged", "failed", "rejected")
 
 
-def _warm_start(space: SearchSpace, group: Group, prev: dict[str, dict], dists: dict):
-    """Optuna points and rewards from trials this group completed before."""
-    import json
+@dataclass
+class Previous:
+    """What earlier runs of this sweep left in the results file, by group index."""
 
-    points, rewards = [], []
-    for r in prev.values():
-        cfg = r["config"] if isinstance(r["config"], dict) else json.loads(r["config"])
-        if r.get("family") != group.family or r.get("budget_target") != group.budget:
-            continue
-        flat = {k: cfg[k.split(".")[0]].get(k.split(".", 1)[1]) for k in dists}
-        if all(v is not None for v in flat.values()):
-            points.append(flat)
-            rewards.append(r[space.search.metric] if space.search.metric in r else
-                           r["final_val_loss"])
-    return points, rewards
+    done: dict[str, dict] = field(default_factory=dict)  # complete: trial_id -> final result
+    finished: dict[int, int] = field(default_factory=dict)  # trials with a final status
+    evaluated: dict[int, list[tuple[dict, float]]] = field(default_factory=dict)
+    unfinished: dict[int, list[dict]] = field(default_factory=dict)  # killed mid-run
+
+    @classmethod
+    def load(cls, results: Path, space: SearchSpace, groups: list[Group]) -> Previous:
+        prev = cls()
+        if not results.exists():
+            return prev
+        df = load(results)
+        for r in df[df["sweep"] == space.name].to_dict("records") if len(df) else []:
+            config = r["config"] if isinstance(r["config"], dict) else json.loads(r["config"])
+            g = next((i for i, grp in enumerate(groups) if grp.family == r["family"]
+                      and grp.budget == config["budget"]["value"]), None)
+            if g is None:  # the YAML changed since: not part of this sweep's groups now
+                continue
+            params = _params(config, groups[g].optuna_space(space))
+            status = r["status"]
+            if status == "complete":
+                result = {k: r[k] for k in FINAL_KEYS if k in r}
+                result[OBJECTIVE] = r[_STORED_METRIC[space.search.metric]]
+                prev.done[r["trial_id"]] = result
+                prev.evaluated.setdefault(g, []).append((params, result[OBJECTIVE]))
+            if status in FINAL_STATUSES:
+                prev.finished[g] = prev.finished.get(g, 0) + 1
+            else:
+                prev.unfinished.setdefault(g, []).append(params)
+        return prev
+
+
+def _params(config: dict, dists: dict) -> dict:
+    """The flat searched options ("train.lr", ...) of a nested trial config."""
+    return {k: config[k.split(".")[0]].get(k.split(".", 1)[1]) for k in dists}
 
 
 def _git_revision() -> str | None:
@@ -319,7 +349,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _searcher(space: SearchSpace, group: Group, prev: dict):
+def _searcher(space: SearchSpace, g: int, group: Group, prev: Previous):
     """The group's own Optuna study, warm-started with its trials completed before."""
     from ray.tune.search.optuna import OptunaSearch
 
@@ -327,26 +357,37 @@ def _searcher(space: SearchSpace, group: Group, prev: dict):
 
     dists = group.optuna_space(space)
     if not dists:
-        return FixedSearch(metric="val_loss", mode=space.search.mode)
-    points, rewards = _warm_start(space, group, prev, dists)
-    return OptunaSearch(dists, metric="val_loss", mode=space.search.mode,
+        return FixedSearch(metric=OBJECTIVE, mode=space.search.mode)
+    known = prev.evaluated.get(g, [])
+    return OptunaSearch(dists, metric=OBJECTIVE, mode=space.search.mode,
                         sampler=make_sampler(space.search, space.search.seed, search_space=dists),
-                        points_to_evaluate=points or None, evaluated_rewards=rewards or None)
+                        points_to_evaluate=[p for p, _ in known] or None,
+                        evaluated_rewards=[v for _, v in known] or None)
 
 
-def _quota(space: SearchSpace, group: Group, prev: dict) -> int:
+def _quota(space: SearchSpace, g: int, group: Group, prev: Previous) -> int:
     """Trials still to run in a group: its samples (1 if nothing is searched) minus those
-    complete from an earlier run."""
+    an earlier run finished."""
     n = group.n_samples(space) if group.optuna_space(space) else 1
-    return max(0, n - sum(r.get("family") == group.family and r.get("budget_target")
-                          == group.budget for r in prev.values()))
+    return max(0, n - prev.finished.get(g, 0))
 
 
-def _run_all(space: SearchSpace, *, store: ResultsStore, prev: dict, checkpoints: Path,
+class KnownTrials:
+    """Tells the grouped searcher which suggestions completed in an earlier run."""
+
+    def __init__(self, space: SearchSpace, groups: list[Group], done: dict[str, dict]):
+        self.space, self.groups, self.done = space, groups, done
+
+    def __call__(self, g: int, params: dict) -> dict | None:
+        return self.done.get(config_hash(resolve(self.space, self.groups[g], params)))
+
+
+def _run_all(space: SearchSpace, *, store: ResultsStore, prev: Previous, checkpoints: Path,
              storage: Path, max_concurrent: int | None, view: LiveView | None,
              callbacks: tuple = ()) -> int:
     """One Tuner for every group, each with its own searcher and ASHA rungs (see grouped.py);
-    returns how many trials it launched."""
+    returns how many trials it launched. Trials an earlier run left unfinished go first and
+    resume from their checkpoints."""
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -354,22 +395,23 @@ def _run_all(space: SearchSpace, *, store: ResultsStore, prev: dict, checkpoints
     from spiralsearch.grouped import GroupedASHA, GroupedSearch
 
     s, groups = space.search, space.groups()
-    quotas = [_quota(space, g, prev) for g in groups]
+    quotas = [_quota(space, g, grp, prev) for g, grp in enumerate(groups)]
     if sum(quotas) == 0:
         return 0
-    searcher = GroupedSearch([_searcher(space, g, prev) for g in groups], quotas,
-                             metric="val_loss", mode=s.mode)
+    searcher = GroupedSearch([_searcher(space, g, grp, prev) for g, grp in enumerate(groups)],
+                             quotas, metric=OBJECTIVE, mode=s.mode,
+                             first=[prev.unfinished.get(g, []) for g in range(len(groups))],
+                             known=KnownTrials(space, groups, prev.done))
     limit = max_concurrent or s.max_concurrent or _slots(space)
-    scheduler = (GroupedASHA(len(groups), "val_loss", s.mode, s.grace_evals)
+    scheduler = (GroupedASHA(len(groups), OBJECTIVE, s.mode, s.grace_evals)
                  if s.scheduler == "asha" else FIFOScheduler())
-    done = {tid: {k: v for k, v in r.items() if k != "config"} for tid, r in prev.items()}
-    trainable = tune.with_parameters(run_trial, space=space, groups=groups, done=done,
+    trainable = tune.with_parameters(run_trial, space=space, groups=groups, done=prev.done,
                                      checkpoints=str(checkpoints))
     tuner = tune.Tuner(
         tune.with_resources(trainable, trial_resources(space)),
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, limit),
                                     scheduler=scheduler, num_samples=sum(quotas),
-                                    metric="val_loss", mode=s.mode,
+                                    metric=OBJECTIVE, mode=s.mode,
                                     reuse_actors=True),  # no new process (torch import) per trial
         run_config=tune.RunConfig(
             name=f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage),
@@ -408,7 +450,7 @@ def run_sweep(space: SearchSpace | str | Path, *, results: str | Path | None = N
     path = Path(results) if results else store_path(space.name)
     path = path.resolve()
     store = ResultsStore(path)
-    prev = _previous(path, space.name)
+    prev = Previous.load(path, space, space.groups())
     store.begin_sweep(space.name, space.yaml_text, git_revision=_git_revision(),
                       versions=_versions())
     work = path.parent / f"{path.stem}.runs"
@@ -416,10 +458,10 @@ def run_sweep(space: SearchSpace | str | Path, *, results: str | Path | None = N
     status = "interrupted"
     try:
         with LiveView(space, enabled=progress) as view:
-            for tid, r in prev.items():
-                for g in space.groups():
-                    if r.get("family") == g.family and r.get("budget_target") == g.budget:
-                        view.update(g, tid, "complete", r.get("final_val_loss"))
+            for tid, r in prev.done.items():
+                group = next(g for g in space.groups() if g.family == r["family"]
+                             and g.budget == r["budget_target"])
+                view.update(group, tid, "complete", r.get("final_val_loss"))
             _run_all(space, store=store, prev=prev, checkpoints=work / "checkpoints",
                      storage=work / "ray", max_concurrent=max_concurrent, view=view,
                      callbacks=callbacks)
@@ -430,7 +472,7 @@ def run_sweep(space: SearchSpace | str | Path, *, results: str | Path | None = N
             import ray
 
             ray.shutdown()
-    return SweepReport(space.name, path, _count(store, space.name), len(prev),
+    return SweepReport(space.name, path, _count(store, space.name), len(prev.done),
                        time.perf_counter() - t0)
 
 

@@ -141,3 +141,44 @@ def test_sweep_joins_a_running_ray_cluster(tmp_path, monkeypatch):
             if any(temp in part for part in (p.info["cmdline"] or [])):
                 p.kill()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_without_losing_finished_trials(tmp_path):
+    """Query the results while the sweep writes, kill -9 the driver once a trial is done,
+    then re-run: finished trials are kept (not re-run) and the rest complete."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    space = write_space(tmp_path, name="killed", samples=2,
+                        lr="{loguniform: [1.0e-3, 1.0e-2]}").read_text()
+    space = space.replace("values: [1024]", "values: [20480]")  # ~40 steps a trial
+    path = tmp_path / "killed.yaml"
+    path.write_text(space)
+    db = tmp_path / "killed.duckdb"
+    cli = str(Path(sys.executable).parent / "spiralsearch")
+    env = os.environ | {"RAY_AUTH_MODE": "disabled", "SPIRALSEARCH_CACHE": str(tmp_path / "c")}
+    cmd = [cli, "sweep", str(path), "--results", str(db), "--no-progress"]
+    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    finished: set = set()
+    try:
+        deadline = time.monotonic() + 240
+        while not finished and time.monotonic() < deadline:
+            time.sleep(1)
+            if db.exists():  # a reader while the driver writes: read-only, with retries
+                done = query(db, "SELECT trial_id FROM trials WHERE status = 'complete'")
+                finished = set(done["trial_id"])
+        assert finished, "no trial finished in time"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
+        driver.wait()
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    trials = load(db)
+    assert finished <= set(trials[trials["status"] == "complete"]["trial_id"])
+    assert sorted(trials["status"]) == ["complete"] * 4
+    assert f"({len(finished)} complete before this run)" in rerun.stdout

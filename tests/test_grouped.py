@@ -1,0 +1,45 @@
+from ray.tune.search import Searcher
+
+from spiralsearch.grouped import FixedSearch, GroupedSearch
+
+
+class Sequence_(Searcher):
+    """Suggests lr values from a list, and remembers what it was told."""
+
+    def __init__(self, values):
+        super().__init__(metric="objective", mode="min")
+        self.values, self.told, self.added = list(values), {}, []
+
+    def suggest(self, trial_id):
+        return {"train.lr": self.values.pop(0)} if self.values else None
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        self.told[trial_id] = result
+
+    def add_evaluated_point(self, params, value):
+        self.added.append((params, value))
+
+
+def test_round_robin_quotas_resume_and_dedupe():
+    a, b = Sequence_([1, 2, 3, 4]), Sequence_([10, 20])
+    known = {(0, 1): {"objective": 0.5}}  # group 0 finished lr=1 in an earlier run
+    search = GroupedSearch([a, b], quotas=[3, 1], metric="objective", mode="min",
+                           first=[[{"train.lr": 7}], []],
+                           known=lambda g, p: known.get((g, p["train.lr"])))
+    got = [search.suggest(f"t{i}") for i in range(5)]
+    assert got[:4] == [
+        {"group": 0, "params": {"train.lr": 7}},  # the unfinished trial goes first
+        {"group": 1, "params": {"train.lr": 10}},
+        {"group": 0, "params": {"train.lr": 2}},  # lr=1 is known: taught, not re-run
+        {"group": 0, "params": {"train.lr": 3}},
+    ]
+    assert got[4] == Searcher.FINISHED
+    assert a.told == {"t2": {"objective": 0.5}}
+    search.on_trial_complete("t0", {"objective": 0.4})  # the resumed trial's result
+    assert a.added == [({"train.lr": 7}, 0.4)]
+    search.on_trial_complete("t3", {"objective": 0.3})
+    assert a.told["t3"] == {"objective": 0.3}
+
+
+def test_fixed_search_suggests_empty_params():
+    assert FixedSearch(metric="objective", mode="min").suggest("t") == {}

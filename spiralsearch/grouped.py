@@ -11,6 +11,7 @@ searcher or scheduler.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
@@ -76,6 +77,16 @@ class GroupedSearch(Searcher):
                 return sub_id, params
             self.searchers[g].on_trial_complete(sub_id, result)  # a repeat: teach, ask again
         return None, None
+
+    def save(self, checkpoint_path: str) -> None:
+        """Ray checkpoints the searcher with the experiment (resume is ours, from DuckDB, so
+        this only has to round-trip)."""
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         g, sub_id, _ = self.owner.get(trial_id, (None, None, None))

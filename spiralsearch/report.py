@@ -22,7 +22,6 @@ import pandas as pd
 
 from spiralsearch.scaling import (
     PowerLawFit,
-    _refit_pl,
     backtest,
     best_per_budget,
     compare,
@@ -122,16 +121,20 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 def _ci(row: dict, key: str) -> str:
     lo_hi = (row.get("ci") or {}).get(key) if key != "multiplier" else row.get("multiplier_ci")
-    return "" if not lo_hi else f" [{_fmt(lo_hi[0], 3)}, {_fmt(lo_hi[1], 3)}]"
+    if not lo_hi or lo_hi[0] == lo_hi[1]:  # too few points for resamples to differ
+        return ""
+    return f" [{_fmt(lo_hi[0], 3)}, {_fmt(lo_hi[1], 3)}]"
 
 
 def fit_rows_text(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Column names and formatted cells of a fit table (for the CLI and the report)."""
-    cols = ["family", "trials", "E", "A", "alpha", "compute x vs plain", "backtest error"]
+    cols = ["family", "trials", "points fitted", "E", "A", "alpha", "compute x vs plain",
+            "backtest error"]
     cells = []
     for r in rows:
         bt = r.get("backtest_rel_error")
-        cells.append([str(r["group"]), str(r["n_trials"]), _fmt(r.get("E")) + _ci(r, "E"),
+        cells.append([str(r["group"]), str(r["n_trials"]), str(r["n_points"]),
+                      _fmt(r.get("E")) + _ci(r, "E"),
                       _fmt(r.get("A"), 3) + _ci(r, "A"), _fmt(r.get("alpha")) + _ci(r, "alpha"),
                       _fmt(r.get("multiplier"), 3) + _ci(r, "multiplier"),
                       "n/a" if bt is None else f"{bt:.1%}"])
@@ -148,8 +151,8 @@ def _loss_vs_compute(df: pd.DataFrame, fits: dict, bands: dict):
     for fam, g in df.groupby("family"):
         color = COLORS.get(fam, None)
         c, loss = g["train_flops"].to_numpy(float), g["final_val_loss"].to_numpy(float)
-        fig.add_scatter(x=c, y=loss, mode="markers", name=f"{fam} trials", opacity=0.3,
-                        marker=dict(color=color, size=7), legendgroup=fam,
+        fig.add_scatter(x=c, y=loss, mode="markers", name=f"{fam} trials", opacity=0.45,
+                        marker=dict(color=color, size=9), legendgroup=fam,
                         text=g["spec"], hovertemplate="%{text}<br>%{x:.3g} FLOPs<br>"
                         "loss %{y:.4f}<extra></extra>")
         idx = frontier(c, loss)
@@ -173,19 +176,12 @@ def _loss_vs_compute(df: pd.DataFrame, fits: dict, bands: dict):
     return fig
 
 
-def _band(fit: PowerLawFit, c: np.ndarray, loss: np.ndarray, n: int, seed: int):
-    """Pointwise 95% band of the fitted curve from bootstrap refits (None when n == 0)."""
-    if n <= 0:
+def _band(fit: PowerLawFit):
+    """Pointwise 95% band of the fitted curve from the fit's bootstrap refits (or None)."""
+    if fit.samples is None or len(fit.samples) < 5:
         return None
-    rng = np.random.default_rng(seed)
-    refits = []
-    for _ in range(n):
-        i = rng.integers(0, len(c), len(c))
-        if len(np.unique(c[i])) >= 3:  # refits warm-start from the fit, as its bootstrap does
-            refits.append(_refit_pl(fit, c[i], loss[i]))
-    if len(refits) < 5:
-        return None
-    return lambda grid: np.percentile([f.predict(grid) for f in refits], [2.5, 97.5], axis=0)
+    E, A, alpha = (fit.samples[:, i:i + 1] for i in range(3))
+    return lambda grid: np.percentile(E + A * grid[None, :] ** -alpha, [2.5, 97.5], axis=0)
 
 
 def _scatter_by_family(df: pd.DataFrame, x: str, title: str, xtitle: str, log: bool):
@@ -233,8 +229,7 @@ def build_report(db: str | Path, out: str | Path | None = None, *, bootstrap: in
     df = _usable(trials)
     rows, fitted = _fit_groups(trials, "family", bootstrap, seed, "plain")
     fits = {fam: f for fam, (f, _, _) in fitted.items()}
-    bands = {fam: b for fam, (f, c, loss) in fitted.items()
-             if (b := _band(f, c, loss, bootstrap, seed)) is not None}
+    bands = {fam: b for fam, (f, _, _) in fitted.items() if (b := _band(f)) is not None}
     figs = []
     if not df.empty:
         figs.append(_loss_vs_compute(df, fits, bands))
@@ -272,7 +267,8 @@ def _header(name: str, sweeps: pd.DataFrame, trials: pd.DataFrame) -> str:
     versions = s.get("versions")
     if isinstance(versions, str):
         versions = json.loads(versions)
-    meta = (f"started {s.get('started_at', '?')}, ended {s.get('ended_at') or 'still running'}"
+    meta = (f"started {_when(s.get('started_at'))} UTC, ended "
+            f"{_when(s.get('ended_at')) + ' UTC' if s.get('ended_at') else 'still running'}"
             f"; git {s.get('git_revision') or 'n/a'}; "
             f"{', '.join(f'{k} {v}' for k, v in (versions or {}).items())}")
     return (f"<h1>Sweep {html.escape(str(name))}</h1><p class='meta'>{html.escape(meta)}<br>"
@@ -280,6 +276,10 @@ def _header(name: str, sweeps: pd.DataFrame, trials: pd.DataFrame) -> str:
             f"report written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC</p>"
             f"<details><summary>search space YAML</summary><pre>"
             f"{html.escape(str(s.get('yaml', '')))}</pre></details>")
+
+
+def _when(t) -> str:
+    return "?" if t is None else str(t)[:19]
 
 
 def _table(cols: list[str], cells: list[list[str]]) -> str:

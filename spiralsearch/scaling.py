@@ -19,6 +19,7 @@ conditioned at 1e12 and at 1e20 FLOPs.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -47,7 +48,7 @@ _ALPHA_BOUNDS = (1e-3, 5.0)  # exponents outside this are not scaling laws, and 
 _E_MARGIN = 1e-9  # E <= (1 - margin) * min loss: strictly below, so log(L - E) stays finite
 _N_BOOT_STARTS = 4  # grid starts tried per bootstrap refit, besides the point estimate
 _MAX_EXP = 200.0  # cap on exponents: wild line-search trial steps stay finite, not inf/nan
-_LBFGS = {"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-9}
+_LBFGS = {"maxiter": 1000, "ftol": 1e-11, "gtol": 1e-7}
 
 
 # ----------------------------------------------------------------------------- frontier
@@ -224,6 +225,7 @@ class PowerLawFit:
     compute_min: float = math.nan  # smallest and largest compute fitted, FLOPs
     compute_max: float = math.nan
     n_boot: int = 0  # bootstrap resamples behind ci
+    samples: np.ndarray | None = None  # (n_boot, 3): (E, A, alpha) of each bootstrap refit
 
     def predict(self, C: np.ndarray | float) -> np.ndarray:
         """Predicted loss (nats/token) at compute C (FLOPs)."""
@@ -335,8 +337,14 @@ def fit_power_law(
 
         samples = _bootstrap(bootstrap, seed, compute, refit)
         fit.ci = {k: _percentile_ci(samples[:, i]) for i, k in enumerate(("E", "A", "alpha"))}
-        fit.n_boot = bootstrap
+        fit.n_boot, fit.samples = bootstrap, samples
     return fit
+
+
+def _with_params(fit: PowerLawFit, E: float, A: float, alpha: float) -> PowerLawFit:
+    """`fit` with other law parameters (one bootstrap refit), for predictions only."""
+    return dataclasses.replace(fit, E=float(E), A=float(A), alpha=float(alpha), ci={},
+                               samples=None, n_boot=0)
 
 
 def _refit_pl(fit: PowerLawFit, compute: np.ndarray, loss: np.ndarray) -> PowerLawFit:
@@ -565,9 +573,11 @@ def compare(
     C(L) = (A / (L - E))^(1/alpha); inf when L <= E_a (A never gets there), 0 when only B
     never gets there, nan when neither does, with the reason in `note`.
 
-    With bootstrap > 0 and the raw points of both families (compute_*, loss_*, the data the
-    fits came from), each family is resampled and refit independently, the target loss is
-    recomputed the same way, and `ci` is the 95% percentile interval of the multiplier.
+    With bootstrap > 0, each family is resampled and refit independently, the target loss is
+    recomputed the same way, and `ci` is the 95% percentile interval of the multiplier. The
+    refits are the fits' own bootstrap samples when both carry at least `bootstrap` of them
+    (fit_power_law(..., bootstrap=n)); otherwise the raw points of both families (compute_*,
+    loss_*, the data the fits came from) are resampled and refit here.
     """
     if at_compute is not None and at_loss is not None:
         raise ValueError("give at most one of at_compute and at_loss")
@@ -581,15 +591,9 @@ def compare(
                            at_compute=None if at_loss is not None else at_compute, note=note)
     if bootstrap <= 0:
         return result
-    if any(v is None for v in (compute_a, loss_a, compute_b, loss_b)):
-        raise ValueError("bootstrap needs the raw data: compute_a, loss_a, compute_b, loss_b")
-    ca, la = _clean(compute_a, loss_a, "compute_a")
-    cb, lb = _clean(compute_b, loss_b, "compute_b")
-    rng = np.random.default_rng(seed)
     samples = np.empty(bootstrap)
-    for i in range(bootstrap):
-        ia, ib = _draw(rng, ca), _draw(rng, cb)
-        fa, fb = _refit_pl(fit_a, ca[ia], la[ia]), _refit_pl(fit_b, cb[ib], lb[ib])
+    for i, (fa, fb) in enumerate(_paired_refits(fit_a, fit_b, bootstrap, seed, compute_a,
+                                                loss_a, compute_b, loss_b)):
         t = target if at_loss is not None else float(fb.predict(at_compute))
         samples[i] = _multiplier(fa, fb, t)[0]
     n_bad = int(np.isnan(samples).sum())
@@ -602,6 +606,24 @@ def compare(
     if n_bad:
         result.note = (note + "; " if note else "") + f"{n_bad} resamples gave nan"
     return result
+
+
+def _paired_refits(fit_a, fit_b, n, seed, compute_a, loss_a, compute_b, loss_b):
+    """n pairs of independent bootstrap refits of the two families."""
+    have = [f.samples is not None and len(f.samples) >= n for f in (fit_a, fit_b)]
+    if all(have):
+        for sa, sb in zip(fit_a.samples[:n], fit_b.samples[:n], strict=True):
+            yield _with_params(fit_a, *sa), _with_params(fit_b, *sb)
+        return
+    if any(v is None for v in (compute_a, loss_a, compute_b, loss_b)):
+        raise ValueError("bootstrap needs the raw data: compute_a, loss_a, compute_b, loss_b "
+                         "(or fits made with at least as many bootstrap samples)")
+    ca, la = _clean(compute_a, loss_a, "compute_a")
+    cb, lb = _clean(compute_b, loss_b, "compute_b")
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        ia, ib = _draw(rng, ca), _draw(rng, cb)
+        yield _refit_pl(fit_a, ca[ia], la[ia]), _refit_pl(fit_b, cb[ib], lb[ib])
 
 
 # ----------------------------------------------------------------------------- backtest

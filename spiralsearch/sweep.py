@@ -88,6 +88,9 @@ def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dic
     except ValueError as e:  # refused before training (budget, data)
         report(base | failed | dict(status="rejected", error=str(e)))
         return
+    # known before training, so even a trial ASHA stops early has them in the store
+    base |= dict(params_non_embedding=plan.params_non_embedding,
+                 flops_per_token=plan.flops_per_token, budget_kind=plan.kind)
     out = Path(checkpoints) / tid
 
     best = [math.inf]

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
+from spiralsearch import commands
 from spiralsearch.model import PRESETS, ModelConfig
 
 EXIT_USAGE = 2
@@ -58,58 +57,6 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         g.add_argument(flag, **kw)
 
 
-def model_options(args: argparse.Namespace) -> dict:
-    """The model options given on the command line (those left unset are omitted)."""
-    names = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "spec"]
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-
-
-def _si(x: float, unit: str = "") -> str:
-    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g}{prefix}{unit}"
-    return f"{x:.3g}{unit}"
-
-
-def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
-    """A readable table on stdout (rich)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    for i, c in enumerate(columns):
-        table.add_column(c, justify="left" if i == 0 else "right")
-    for r in rows:
-        table.add_row(*r)
-    Console(width=max(120, os.get_terminal_size(0).columns if sys.stdin.isatty() else 160)
-            ).print(table)
-
-
-def cmd_describe(args: argparse.Namespace) -> int:
-    from spiralsearch.flops import describe
-
-    options = model_options(args)
-    preset = args.preset or ("tiny" if "d_model" not in options else None)
-    results = [describe(s, preset, seq_len=args.seq_len, **options) for s in args.specs]
-    if args.json:
-        print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
-        return 0
-    base = results[0]["flops_forward"]
-    rows = []
-    for r in results:
-        exact = "✓" if r["flops_forward"] == r["flops_forward_analytic"] else "✗"
-        rows.append([r["spec"], r["family"], _si(r["params_total"]),
-                     _si(r["params_non_embedding"]), _si(r["params_unrolled"]),
-                     str(r["unrolled_depth"]), f"{r['recurrence_ratio']:.2f}",
-                     _si(r["flops_forward"], "FLOP") + f" {exact}",
-                     _si(r["flops_per_token_train"], "FLOP"),
-                     f"{r['flops_forward'] / base:.3f}"])
-    print_table(f"{preset or 'custom'} @ {args.seq_len} tokens",
-                ["spec", "family", "params", "non-emb", "unrolled", "depth", "rec. ratio",
-                 "fwd FLOPs (fvcore=analytic)", "train FLOPs/token", "FLOPs vs first"], rows)
-    return 0
-
-
 def _add_dataclass_options(parser, cls, title: str, skip=()) -> None:
     """One --flag per field of a config dataclass (default None: the dataclass decides)."""
     g = parser.add_argument_group(title)
@@ -122,166 +69,6 @@ def _add_dataclass_options(parser, cls, title: str, skip=()) -> None:
             kw.pop("type")
             kw["action"] = argparse.BooleanOptionalAction
         g.add_argument("--" + f.name.replace("_", "-"), **kw)
-
-
-def _given(args: argparse.Namespace, cls) -> dict:
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-            if getattr(args, f.name, None) is not None}
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from spiralsearch.train import DataConfig, OptimConfig, TrainConfig, prepare, train
-
-    kind, value = next((k, v) for k, v in (("flops", args.budget_flops),
-                                           ("tokens", args.budget_tokens),
-                                           ("params", args.budget_params)) if v is not None)
-    budget = dict(kind=kind, value=value) | ({"tokens": args.tokens} if args.tokens else {})
-    model = dict(spec=args.spec, preset=args.preset or "tiny") | model_options(args)
-    data = dict(source=args.data) | _given(args, DataConfig)
-    config = TrainConfig.from_dict(dict(model=model, data=data, train=_given(args, OptimConfig),
-                                        budget=budget))
-    _, p = prepare(config)  # refuse bad data or budgets before anything is written
-    print(f"{p.model.spec} ({p.model.spec.family}): {p.steps:,} steps x {p.tokens_per_step:,} "
-          f"tokens = {p.train_flops:.4g} training FLOPs ({p.kind} budget {p.target:.4g}, "
-          f"achieved {p.achieved:.4g})", file=sys.stderr)
-    out = Path(args.out)
-    try:
-        result = train(config, out_dir=out, progress=sys.stderr.isatty() or args.progress)
-    except Exception as e:  # a crash mid-run is a failed trial, not a usage error
-        from spiralsearch.train import write_summary
-
-        write_summary(out, dict(status="failed", error=f"{type(e).__name__}: {e}",
-                                spec=str(p.model.spec), family=p.model.spec.family,
-                                config=config.to_dict()))
-        raise
-    s = result.summary
-    print(f"{s['status']}: val loss {s['final_val_loss']:.4f} nats/token, "
-          f"{s['final_val_bpb']:.4f} bits/byte after {s['tokens']:,} tokens; "
-          f"summary in {out / 'summary.json'}")
-    return 0 if s["status"] == "complete" else 1
-
-
-def cmd_data(args: argparse.Namespace) -> int:
-    from spiralsearch.data import fetch_prose, load_dataset
-
-    if args.data_command == "fetch":
-        print(f"corpus:prose ready in {fetch_prose()}")
-        return 0
-    ds = load_dataset(args.source, args.tokenizer)
-    info = dict(source=ds.source, tokenizer=ds.tokenizer, vocab_size=ds.vocab_size,
-                train_tokens=len(ds.train), val_tokens=len(ds.val),
-                bytes_per_token=ds.bytes_per_token, unigram_entropy=ds.unigram_entropy,
-                optimal_loss=ds.optimal_loss)
-    print(json.dumps(info, indent=2))
-    return 0
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from spiralsearch.space import check_candidates, load_space
-
-    space = load_space(args.space)
-    if args.dry_run:
-        rows = check_candidates(space)
-        budgets = space.budget_values
-        unit = {"flops": "FLOPs", "tokens": "tokens", "params": "params"}[space.budget_kind]
-        table = []
-        for r in rows:
-            per = [(_si(b["tokens"]) + " tok" if b.get("tokens") else "refused: "
-                    + str(b.get("reason", ""))[:40]) for b in r["budgets"]]
-            table.append([r["spec"], r["family"], _options_text(r), _si(r["params_non_embedding"]),
-                          _si(r["flops_per_token"], "FLOP"), *per])
-        print_table(f"{space.name}: {len(rows)} candidates (dry run)",
-                    ["spec", "family", "options", "params (non-emb)", "train FLOPs/token",
-                     *[f"{_si(b)} {unit}" for b in budgets]], table)
-        return 0
-    from spiralsearch.sweep import run_sweep
-
-    report = run_sweep(space, results=args.results, address=args.address,
-                       max_concurrent=args.max_concurrent, progress=not args.no_progress)
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(report.counts.items()))
-    print(f"sweep {report.name}: {counts} ({report.skipped} complete before this run) in "
-          f"{report.seconds:.0f} s; results in {report.results}")
-    return 0
-
-
-def _options_text(row: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in sorted(row.get("options", {}).items()))
-
-
-def _print_frame(df, args: argparse.Namespace, title: str) -> None:
-    if getattr(args, "csv", False):
-        print(df.to_csv(index=False), end="")
-    elif getattr(args, "json", False):
-        print(df.to_json(orient="records", indent=2))
-    else:
-        rows = [[_cell(v) for v in r] for r in df.itertuples(index=False)]
-        print_table(title, [str(c) for c in df.columns], rows)
-
-
-def _cell(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "" if v is None else str(v)
-
-
-def _default_db(args: argparse.Namespace) -> Path:
-    if args.db:
-        return Path(args.db)
-    found = sorted(Path("results").glob("*.duckdb"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError("no results/*.duckdb here; pass --db PATH")
-    return found[-1]
-
-
-def cmd_query(args: argparse.Namespace) -> int:
-    from spiralsearch.store import query
-
-    db = _default_db(args)
-    _print_frame(query(db, args.sql), args, str(db))
-    return 0
-
-
-def cmd_trials(args: argparse.Namespace) -> int:
-    from spiralsearch.store import query
-
-    db = _default_db(args)
-    df = query(db, "SELECT trial_id, family, spec, status, budget_kind, budget_target, "
-                   "params_non_embedding, flops_per_token, final_val_loss, best_val_loss, "
-                   "final_val_bpb, wall_seconds, error FROM trials "
-                   "ORDER BY budget_target, family, final_val_loss")
-    _print_frame(df, args, f"trials in {db}")
-    return 0
-
-
-def cmd_fit(args: argparse.Namespace) -> int:
-    from spiralsearch.report import fit_rows_text, fit_table, load_results
-
-    db = _default_db(args)
-    rows = fit_table(load_results(db)["trials"], by=args.by, bootstrap=args.bootstrap)
-    if args.json:
-        print(json.dumps(rows, indent=2, default=_json_default))
-        return 0
-    if not rows:
-        print(f"no complete trials in {db} yet")
-        return 0
-    cols, cells = fit_rows_text(rows)
-    print_table(f"L(C) = E + A·C^-alpha by {args.by} ({db})", cols, cells)
-    for r in rows:
-        if r.get("note"):
-            print(f"{r['group']}: {r['note']}")
-    return 0
-
-
-def _json_default(v):
-    return None if isinstance(v, float) else str(v)
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from spiralsearch.report import build_report
-
-    out = build_report(_default_db(args), args.out, bootstrap=args.bootstrap)
-    print(f"report: {out.resolve()}")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seq-len", type=int, default=4096, help="prefill length (tokens)")
     d.add_argument("--json", action="store_true", help="print the describe() dict as JSON")
     add_model_options(d)
-    d.set_defaults(func=cmd_describe)
+    d.set_defaults(func=commands.cmd_describe)
 
     from spiralsearch.train import DataConfig, OptimConfig
 
@@ -319,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(t)
     _add_dataclass_options(t, DataConfig, "data options", skip=("source",))
     _add_dataclass_options(t, OptimConfig, "training options")
-    t.set_defaults(func=cmd_train)
+    t.set_defaults(func=commands.cmd_train)
 
     da = sub.add_parser("data", help="inspect data sources, fetch corpus:prose")
     dsub = da.add_subparsers(dest="data_command", required=True, parser_class=Parser)
@@ -328,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = dsub.add_parser("info", help="tokenize (cached) and describe a source")
     i.add_argument("source")
     i.add_argument("--tokenizer", default="bytes", help="bytes | bpe:N")
-    da.set_defaults(func=cmd_data)
+    da.set_defaults(func=commands.cmd_data)
 
     sw = sub.add_parser("sweep", help="run a YAML search space with Ray Tune + Optuna",
                         description="Run every (budget, family) group of a search space. "
@@ -343,10 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--dry-run", action="store_true",
                     help="print the candidate table (params, FLOPs/token, tokens per budget)")
     sw.add_argument("--no-progress", action="store_true", help="no live table")
-    sw.set_defaults(func=cmd_sweep)
+    sw.set_defaults(func=commands.cmd_sweep)
 
-    for name, func, helptext in (("query", cmd_query, "run SQL on a results file"),
-                                 ("trials", cmd_trials, "the trials table at a glance")):
+    for name, func, helptext in (("query", commands.cmd_query, "run SQL on a results file"),
+                                 ("trials", commands.cmd_trials, "the trials table at a glance")):
         q = sub.add_parser(name, help=helptext, description=helptext + " (read-only; works "
                            "while a sweep is writing)")
         if name == "query":
@@ -366,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--by", default="family", help="trials column to group by")
     fi.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples")
     fi.add_argument("--json", action="store_true")
-    fi.set_defaults(func=cmd_fit)
+    fi.set_defaults(func=commands.cmd_fit)
 
     rp = sub.add_parser("report", help="write the offline HTML report of a sweep",
                         description="One self-contained HTML page (plotly embedded): loss vs "
@@ -375,7 +162,20 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--db", help="results file (default: newest results/*.duckdb)")
     rp.add_argument("--out", help="HTML path (default reports/NAME.html)")
     rp.add_argument("--bootstrap", type=int, default=100, help="resamples for the fit bands")
-    rp.set_defaults(func=cmd_report)
+    rp.set_defaults(func=commands.cmd_report)
+
+    pr = sub.add_parser("probe", help="attention probes per loop iteration of a trained run",
+                        description="Key-marginal entropy and local attention mass of every "
+                        "loop iteration, core layer and head of a `spiralsearch train` run, "
+                        "on fixed held-out sequences; and the dynamic heads.")
+    pr.add_argument("run", help="a `spiralsearch train --out` folder")
+    pr.add_argument("--data", help="data source (default: the run's)")
+    pr.add_argument("--sequences", type=int, default=32, help="held-out sequences")
+    pr.add_argument("--seq-len", type=int, help="tokens per sequence (default: the run's)")
+    pr.add_argument("--window", type=int, default=4, help="LAM window, in positions")
+    pr.add_argument("--top", type=float, default=0.4, help="share of heads called dynamic")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=commands.cmd_probe)
     return p
 
 

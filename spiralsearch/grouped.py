@@ -34,11 +34,14 @@ class GroupedSearch(Searcher):
 
     `first[g]`: params to run before asking group g's searcher (trials an earlier run left
     unfinished); their results are added to the searcher when they complete.
-    `known(g, params)`: the result of params that already completed, or None; a searcher
-    that proposes a known point is told its result and asked again, so a re-run spends its
-    quota on new points only."""
+    `known(g, params)`: the result of params that already completed, or None.
 
-    MAX_REPEATS = 20  # known points in a row before a repeat is accepted (then cached)
+    Every trial gets a point no other trial has: a searcher that proposes a completed point
+    is told its result and asked again, one that proposes a point already running (a seeded
+    sampler replays its first run's points on a re-run) is told it failed and asked again.
+    A group whose searcher keeps repeating itself (a small discrete space) stops early."""
+
+    MAX_REPEATS = 20  # repeated points in a row before a group is considered exhausted
 
     def __init__(self, searchers: list[Searcher], quotas: list[int], metric: str, mode: str,
                  first: list[list[dict]] | None = None,
@@ -48,6 +51,7 @@ class GroupedSearch(Searcher):
         self.first = [list(f) for f in (first or [[] for _ in searchers])]
         self.known = known or (lambda g, params: None)
         self.owner: dict[str, tuple[int, str | None, dict]] = {}  # trial -> (group, sub id)
+        self.proposed = {_key(g, p) for g, ps in enumerate(self.first) for p in ps}
         self._next = 0
 
     def suggest(self, trial_id: str) -> dict | str | None:
@@ -73,9 +77,14 @@ class GroupedSearch(Searcher):
             if params is None or params == Searcher.FINISHED:
                 return None, None
             result = self.known(g, params)
-            if result is None or attempt == self.MAX_REPEATS - 1:
+            if result is not None:  # completed before: teach its result, ask again
+                self.searchers[g].on_trial_complete(sub_id, result)
+            elif _key(g, params) in self.proposed:  # running in this sweep already
+                self.searchers[g].on_trial_complete(sub_id, None, error=True)
+            else:
+                self.proposed.add(_key(g, params))
                 return sub_id, params
-            self.searchers[g].on_trial_complete(sub_id, result)  # a repeat: teach, ask again
+        self.left[g] = 0  # the searcher only repeats itself: no new points left here
         return None, None
 
     def save(self, checkpoint_path: str) -> None:
@@ -105,6 +114,10 @@ class GroupedSearch(Searcher):
             value = result.get(self.metric)
             if value is not None and value == value:  # a resumed trial: teach its result
                 searcher.add_evaluated_point(params, value)
+
+
+def _key(g: int, params: dict) -> tuple:
+    return g, tuple(sorted((k, repr(v)) for k, v in params.items()))
 
 
 class GroupedASHA(FIFOScheduler):

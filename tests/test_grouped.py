@@ -43,3 +43,15 @@ def test_round_robin_quotas_resume_and_dedupe():
 
 def test_fixed_search_suggests_empty_params():
     assert FixedSearch(metric="objective", mode="min").suggest("t") == {}
+
+
+def test_points_already_running_are_not_proposed_again():
+    """A seeded sampler replays its first run's points on a re-run: the one still queued for
+    resumption must not run twice, and an exhausted group stops instead of repeating."""
+    a = Sequence_([7, 7, 8] + [8] * 30)
+    search = GroupedSearch([a], quotas=[3], metric="objective", mode="min",
+                           first=[[{"train.lr": 7}]])
+    assert search.suggest("t0") == {"group": 0, "params": {"train.lr": 7}}
+    assert search.suggest("t1") == {"group": 0, "params": {"train.lr": 8}}  # 7: running
+    assert a.told["t1"] is None  # the repeat was marked failed in its study
+    assert search.suggest("t2") == Searcher.FINISHED  # only repeats left

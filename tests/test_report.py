@@ -99,7 +99,10 @@ def test_report_renders_in_headless_chromium(db, tmp_path):
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000",
+         "--enable-logging=stderr", "--v=0",
          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
     title = out.stdout.split("<title>")[1].split("</title>")[0]
     assert title.startswith("TRACES="), out.stderr[-2000:]
     assert int(title.split("=")[1]) >= 9  # 3 families x (trials, frontier, fit) at least
+    console = [line for line in out.stderr.splitlines() if "CONSOLE" in line]
+    assert not [line for line in console if "Error" in line or "Uncaught" in line], console

@@ -8,22 +8,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 
 from spiralsearch.model import ModelConfig
 
 
-def model_options(args: argparse.Namespace) -> dict:
-    """The model options given on the command line (those left unset are omitted)."""
-    names = [f.name for f in dataclasses.fields(ModelConfig) if f.name != "spec"]
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-
-
 def _given(args: argparse.Namespace, cls) -> dict:
+    """The fields of config dataclass `cls` given on the command line (unset ones omitted)."""
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
             if getattr(args, f.name, None) is not None}
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """The model options given on the command line (the spec comes separately)."""
+    return {k: v for k, v in _given(args, ModelConfig).items() if k != "spec"}
 
 
 def _si(x: float, unit: str = "") -> str:
@@ -43,16 +42,15 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
         table.add_column(c, justify="left" if i == 0 else "right")
     for r in rows:
         table.add_row(*r)
-    Console(width=max(120, os.get_terminal_size(0).columns if sys.stdin.isatty() else 160)
-            ).print(table)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)  # piped: don't wrap at 80
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
     from spiralsearch.flops import describe
 
-    options = model_options(args)
-    preset = args.preset or ("tiny" if "d_model" not in options else None)
-    results = [describe(s, preset, seq_len=args.seq_len, **options) for s in args.specs]
+    preset = args.preset or "tiny"
+    results = [describe(s, preset, seq_len=args.seq_len, **model_options(args))
+               for s in args.specs]
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
         return 0
@@ -66,7 +64,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
                      _si(r["flops_forward"], "FLOP") + f" {exact}",
                      _si(r["flops_per_token_train"], "FLOP"),
                      f"{r['flops_forward'] / base:.3f}"])
-    print_table(f"{preset or 'custom'} @ {args.seq_len} tokens",
+    print_table(f"{preset} @ {args.seq_len} tokens",
                 ["spec", "family", "params", "non-emb", "unrolled", "depth", "rec. ratio",
                  "fwd FLOPs (fvcore=analytic)", "train FLOPs/token", "FLOPs vs first"], rows)
     return 0

@@ -219,7 +219,7 @@ def train(config: TrainConfig | dict, *, out_dir: str | Path | None = None,
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         step, metrics, wall_before = state["step"], state["metrics"], state["wall_seconds"]
-    bar = _progress_bar(p) if progress else None
+    bar = _ProgressBar(p) if progress else None
     status, error = "complete", None
     t_start, t_last, loss_sum, loss_n = time.perf_counter(), time.perf_counter(), 0.0, 0
     tokens_last = step * p.tokens_per_step
@@ -233,7 +233,8 @@ def train(config: TrainConfig | dict, *, out_dir: str | Path | None = None,
         with _autocast(device):
             logits = model(x)
         loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        if not torch.isfinite(loss):
+        loss_value = loss.item()  # the step's one host sync, also the divergence check
+        if not math.isfinite(loss_value):
             status, error = "diverged", f"non-finite training loss at step {step}"
         else:
             opt.zero_grad(set_to_none=True)
@@ -241,7 +242,7 @@ def train(config: TrainConfig | dict, *, out_dir: str | Path | None = None,
             torch.nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip)
             opt.step()
             step += 1
-            loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+            loss_sum, loss_n = loss_sum + loss_value, loss_n + 1
         if status == "diverged" or step in evals:
             now = time.perf_counter()
             val = evaluate(model, ds, config, device) if status == "complete" else math.nan
@@ -256,13 +257,15 @@ def train(config: TrainConfig | dict, *, out_dir: str | Path | None = None,
                 _save_checkpoint(ckpt, model, opt, step, metrics, row["wall_seconds"])
             if callback is not None:
                 callback(dict(row))
-            t_last, tokens_last, loss_sum, loss_n = now, step * p.tokens_per_step, 0.0, 0
+            # tokens/s counts training only: the next interval starts after this evaluation
+            t_last, tokens_last, loss_sum, loss_n = (time.perf_counter(),
+                                                     step * p.tokens_per_step, 0.0, 0)
             if status == "diverged" or not math.isfinite(val):
                 status = "diverged"
                 error = error or f"non-finite validation loss at step {step}"
                 break
         if bar is not None:
-            bar.update(step, loss.item())
+            bar.update(step, loss_value)
     if bar is not None:
         bar.close()
     result = TrainResult(_summary(config, p, ds, model, status, error, step, metrics), metrics)
@@ -301,7 +304,7 @@ def write_summary(out_dir: Path, summary: dict) -> Path:
     return path
 
 
-class _progress_bar:
+class _ProgressBar:
     """A rich progress bar over tokens with the running loss and an ETA."""
 
     def __init__(self, p: Plan):

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
+from ray.tune import Callback
+
 from spiralsearch.space import (
     Group,
     SearchSpace,
@@ -117,13 +119,7 @@ def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dic
 # --- the driver's view: store writer and live progress ---------------------------------------
 
 
-def _tune_callback_base():
-    from ray.tune import Callback
-
-    return Callback
-
-
-class StoreCallback(_tune_callback_base()):
+class StoreCallback(Callback):
     """The single writer: trial rows and metrics into DuckDB in short, batched transactions
     (at most every `flush_s` seconds, and at every trial end). Opens nothing until the first
     write, as Ray pickles callbacks with the run config."""
@@ -134,6 +130,7 @@ class StoreCallback(_tune_callback_base()):
         self.view, self.flush_s = view, flush_s
         self._trials: list[dict] = []
         self._metrics: dict[str, list[dict]] = defaultdict(list)
+        self._best: dict[str, float] = {}  # lowest val loss reported so far, per trial
         self._last_flush = 0.0
 
     def _group(self, trial) -> Group:
@@ -155,8 +152,9 @@ class StoreCallback(_tune_callback_base()):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get("status") == "running" and "step" in result:
-            self._metrics[result["config_hash"]].append(
-                {k: result[k] for k in METRIC_KEYS if k in result})
+            tid = result["config_hash"]
+            self._metrics[tid].append({k: result[k] for k in METRIC_KEYS if k in result})
+            self._best[tid] = min(self._best.get(tid, math.inf), result["val_loss"])
         if time.monotonic() - self._last_flush > self.flush_s:
             self._flush()
 
@@ -168,7 +166,7 @@ class StoreCallback(_tune_callback_base()):
         fields = {k: r[k] for k in FINAL_KEYS if k in r and k not in ("family", "spec")}
         if status == "stopped":
             fields |= dict(final_val_loss=r.get("val_loss"), final_val_bpb=r.get("val_bpb"),
-                           best_val_loss=r.get("val_loss"))
+                           best_val_loss=self._best.get(r.get("config_hash"), math.nan))
         if "step" in r and r.get("status") != "running" and not r.get("cached"):
             self._metrics[r["config_hash"]].append({k: r[k] for k in METRIC_KEYS if k in r})
         self._trials.append(self._row(trial, **(fields | dict(status=status))))
@@ -178,7 +176,11 @@ class StoreCallback(_tune_callback_base()):
         self._flush(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        error = getattr(trial, "error_msg", None) or "trial process died (out of memory?)"
+        try:
+            error = trial.get_error()
+        except Exception:  # noqa: BLE001 — the message is a courtesy; the status is what counts
+            error = None
+        error = error or "the trial's process died (out of memory?)"
         self._trials.append(self._row(trial, status="failed", error=str(error)[-2000:]))
         if self.view:
             self.view.update(self._group(trial), config_hash(self._config(trial)), "failed")

@@ -182,3 +182,46 @@ def test_killed_driver_resumes_without_losing_finished_trials(tmp_path):
     assert finished <= set(trials[trials["status"] == "complete"]["trial_id"])
     assert sorted(trials["status"]) == ["complete"] * 4
     assert f"({len(finished)} complete before this run)" in rerun.stdout
+
+
+class _FakeTrial:
+    """What StoreCallback reads from a Ray Tune trial."""
+
+    def __init__(self, config, last_result=None, error=None):
+        self.config, self.last_result, self._error = config, last_result, error
+
+    def get_error(self):
+        return self._error
+
+
+def test_store_callback_records_stopped_and_crashed_trials(tmp_path):
+    """Without Ray: a trial ASHA stops keeps its last and best losses as 'stopped'; a trial
+    whose process dies is 'failed' with Ray's error text."""
+    from spiralsearch.store import ResultsStore
+    from spiralsearch.sweep import StoreCallback
+
+    space = parse_space(SPACE.format(name="cb", lr="{loguniform: [1.0e-3, 1.0e-2]}", extra="",
+                                     sampler="tpe", samples=2))
+    groups = space.groups()
+    store = ResultsStore(tmp_path / "cb.duckdb")
+    store.begin_sweep("cb", space.yaml_text)
+    cb = StoreCallback(store, "cb", space, groups, flush_s=0.0)
+    stopped = _FakeTrial({"group": 0, "params": {"train.lr": 2e-3}})
+    died = _FakeTrial({"group": 1, "params": {"train.lr": 5e-3}}, error="RayActorError: OOM")
+    cb.on_trial_start(0, [], stopped)
+    cb.on_trial_start(0, [], died)
+    from spiralsearch.space import resolve
+
+    tid = config_hash(resolve(space, groups[0], stopped.config["params"]))
+    for step, loss in ((2, 3.0), (4, 2.5), (6, 2.7)):
+        row = dict(config_hash=tid, status="running", step=step, val_loss=loss, val_bpb=loss)
+        cb.on_trial_result(0, [], stopped, row)
+        stopped.last_result = row
+    cb.on_trial_complete(0, [], stopped)
+    cb.on_trial_error(0, [], died)
+    trials = load(tmp_path / "cb.duckdb").set_index("trial_id")
+    assert trials.loc[tid, "status"] == "stopped"
+    assert trials.loc[tid, "final_val_loss"] == 2.7 and trials.loc[tid, "best_val_loss"] == 2.5
+    other = trials.drop(tid).iloc[0]
+    assert other["status"] == "failed" and other["error"] == "RayActorError: OOM"
+    assert len(load(tmp_path / "cb.duckdb", "metrics")) == 3

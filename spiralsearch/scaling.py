@@ -20,15 +20,27 @@ conditioned at 1e12 and at 1e20 FLOPs.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import OptimizeResult, minimize, nnls
-from scipy.special import huber
-from threadpoolctl import threadpool_limits  # ships with scikit-learn
+from scipy.optimize import OptimizeResult
+
+from spiralsearch.fitting import (
+    ALPHA_BOUNDS,
+    MAX_EXP,
+    MIN_POINTS,
+    best_start,
+    bootstrap_refits,
+    clean,
+    draw,
+    e_upper,
+    huber_loss,
+    jsonable,
+    one_blas_thread,
+    percentile_ci,
+)
+from spiralsearch.scaling_nd import NDFit, fit_nd  # re-exported: part of this module's API
 
 __all__ = [
     "BacktestResult",
@@ -43,12 +55,6 @@ __all__ = [
     "frontier",
 ]
 
-_MIN_POINTS = 3
-_ALPHA_BOUNDS = (1e-3, 5.0)  # exponents outside this are not scaling laws, and overflow
-_E_MARGIN = 1e-9  # E <= (1 - margin) * min loss: strictly below, so log(L - E) stays finite
-_N_BOOT_STARTS = 4  # grid starts tried per bootstrap refit, besides the point estimate
-_MAX_EXP = 200.0  # cap on exponents: wild line-search trial steps stay finite, not inf/nan
-_LBFGS = {"maxiter": 1000, "ftol": 1e-11, "gtol": 1e-7}
 
 
 # ----------------------------------------------------------------------------- frontier
@@ -97,114 +103,6 @@ def best_per_budget(budget: np.ndarray, loss: np.ndarray) -> np.ndarray:
     return idx[first]
 
 
-# ----------------------------------------------------------------------------- shared fitting
-
-
-def _clean(x: np.ndarray, loss: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Drop diverged (non-finite loss) points; reject inputs no fit can use."""
-    x, loss = np.asarray(x, float).ravel(), np.asarray(loss, float).ravel()
-    if x.shape != loss.shape:
-        raise ValueError(f"{name} and loss differ in length: {x.size} vs {loss.size}")
-    keep = np.isfinite(loss)
-    x, loss = x[keep], loss[keep]
-    if np.any(~np.isfinite(x) | (x <= 0)):
-        raise ValueError(f"{name} must be finite and > 0 wherever the loss is finite")
-    if np.any(loss <= 0):
-        raise ValueError("loss must be > 0 (nats/token) to fit in log space")
-    if loss.size < _MIN_POINTS:
-        raise ValueError(
-            f"need at least {_MIN_POINTS} points with finite loss to fit, got {loss.size}"
-        )
-    return x, loss
-
-
-def _one_blas_thread(fn: Callable) -> Callable:
-    """Run fn with BLAS on one thread. L-BFGS-B calls BLAS on 3-5 dimensional vectors, where
-    OpenBLAS's thread hand-off costs far more than the work: on a busy machine a fit went
-    from 0.3 s to 9 s with the default thread count."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with threadpool_limits(limits=1, user_api="blas"):
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
-def _huber(r: np.ndarray, delta: float) -> tuple[float, np.ndarray]:
-    """Summed Huber loss of residuals r and its derivative with respect to each r."""
-    return float(huber(delta, r).sum()), np.clip(r, -delta, delta)
-
-
-def _best_start(
-    objective: Callable[[np.ndarray], tuple[float, np.ndarray]],
-    grid: np.ndarray,
-    bounds: list[tuple[float | None, float | None]],
-    warm: np.ndarray | None = None,
-) -> OptimizeResult:
-    """L-BFGS-B from every grid start; the lowest final objective wins. With `warm` (a
-    bootstrap refit near a known optimum), start only from it and the few grid points with
-    the lowest objective: ~30x cheaper, and a bad warm start still has the grid to fall on."""
-    starts = grid
-    if warm is not None:
-        lo = [-np.inf if b[0] is None else b[0] for b in bounds]
-        hi = [np.inf if b[1] is None else b[1] for b in bounds]
-        f = np.array([objective(x)[0] for x in grid])
-        # a resample's min loss can sit below the old E, so pull warm back inside the box
-        starts = np.vstack([np.clip(warm, lo, hi), grid[np.argsort(f)[:_N_BOOT_STARTS]]])
-    best = None
-    for x0 in starts:
-        res = minimize(objective, x0, jac=True, method="L-BFGS-B", bounds=bounds,
-                       options=_LBFGS)
-        if np.isfinite(res.fun) and (best is None or res.fun < best.fun):
-            best = res
-    if best is None:
-        raise RuntimeError("every L-BFGS-B start failed to produce a finite objective")
-    return best
-
-
-def _e_max(loss: np.ndarray) -> float:
-    """Upper bound on E: strictly below the best observed loss."""
-    return float(loss.min() * (1 - _E_MARGIN))
-
-
-def _percentile_ci(samples: np.ndarray) -> tuple[float, float]:
-    """95% percentile interval ignoring nan; inverted_cdf picks sample values rather than
-    interpolating, which would turn an inf sample at the edge into nan."""
-    lo, hi = np.nanpercentile(samples, [2.5, 97.5], method="inverted_cdf")
-    return float(lo), float(hi)
-
-
-def _draw(rng: np.random.Generator, groups: np.ndarray) -> np.ndarray:
-    """Indices of one bootstrap resample (points with replacement). Draws covering fewer
-    than 3 distinct `groups` values (e.g. compute budgets) cannot pin down a 3-parameter
-    curve, so they are redrawn."""
-    need = min(_MIN_POINTS, np.unique(groups).size)
-    while True:
-        idx = rng.integers(0, groups.size, groups.size)
-        if np.unique(groups[idx]).size >= need:
-            return idx
-
-
-def _bootstrap(
-    n_boot: int, seed: int, groups: np.ndarray, refit: Callable[[np.ndarray], np.ndarray]
-) -> np.ndarray:
-    """Stack refit(idx) over n_boot resamples drawn by `_draw`."""
-    rng = np.random.default_rng(seed)
-    return np.array([refit(_draw(rng, groups)) for _ in range(n_boot)])
-
-
-def _jsonable(v: object) -> object:
-    """Floats for JSON: non-finite values become None (strict JSON has no inf/nan)."""
-    if isinstance(v, float | np.floating):
-        return float(v) if math.isfinite(v) else None
-    if isinstance(v, tuple | list | np.ndarray):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    return v
-
-
 # ----------------------------------------------------------------------------- L(C)
 
 
@@ -242,7 +140,7 @@ class PowerLawFit:
 
     def to_dict(self) -> dict:
         """JSON-ready dict; non-finite numbers become None."""
-        return _jsonable({
+        return jsonable({
             "E": self.E, "A": self.A, "alpha": self.alpha, "ci": self.ci,
             "n_points": self.n_points, "loss_value": self.loss_value,
             "converged": self.converged, "huber_delta": self.huber_delta,
@@ -256,9 +154,9 @@ def _pl_objective(theta: np.ndarray, logx: np.ndarray, logl: np.ndarray, delta: 
     """Huber loss and gradient for theta = (E, log A', alpha) with L = E + A' x^-alpha,
     x = C / compute_ref."""
     E, a, alpha = theta
-    P = np.exp(np.clip(a - alpha * logx, -_MAX_EXP, _MAX_EXP))
+    P = np.exp(np.clip(a - alpha * logx, -MAX_EXP, MAX_EXP))
     Lp = E + P
-    f, g = _huber(np.log(Lp) - logl, delta)
+    f, g = huber_loss(np.log(Lp) - logl, delta)
     gE = g / Lp
     gP = gE * P
     return f, np.array([gE.sum(), gP.sum(), -(gP * logx).sum()])
@@ -267,11 +165,11 @@ def _pl_objective(theta: np.ndarray, logx: np.ndarray, logl: np.ndarray, delta: 
 def _pl_grid(logx: np.ndarray, loss: np.ndarray) -> np.ndarray:
     """8 alphas x 6 E levels x 3 offsets of log A' = 144 starts. For each (E, alpha) the
     central log A' solves the least-squares line log(L - E) = log A' - alpha log x."""
-    e_max = _e_max(loss)
+    top = e_upper(loss)
     starts = []
     for alpha in (0.03, 0.07, 0.15, 0.3, 0.5, 0.8, 1.2, 2.0):
         for frac in (0.0, 0.3, 0.6, 0.8, 0.9, 0.97):
-            E = frac * e_max
+            E = frac * top
             a = np.mean(np.log(loss - E) + alpha * logx)
             starts += [(E, a + da, alpha) for da in (-1.5, 0.0, 1.5)]
     return np.array(starts)
@@ -287,8 +185,8 @@ def _fit_pl_theta(
     def objective(t: np.ndarray) -> tuple[float, np.ndarray]:
         return _pl_objective(t, logx, logl, delta)
 
-    bounds = [(0.0, _e_max(loss)), (None, None), _ALPHA_BOUNDS]
-    return _best_start(objective, _pl_grid(logx, loss), bounds, warm)
+    bounds = [(0.0, e_upper(loss)), (None, None), ALPHA_BOUNDS]
+    return best_start(objective, _pl_grid(logx, loss), bounds, warm)
 
 
 def _pl_params(theta: np.ndarray, compute_ref: float) -> tuple[float, float, float]:
@@ -301,7 +199,7 @@ def _pl_warm(fit: PowerLawFit) -> np.ndarray:
     return np.array([fit.E, math.log(fit.A) - fit.alpha * math.log(fit.compute_ref), fit.alpha])
 
 
-@_one_blas_thread
+@one_blas_thread
 def fit_power_law(
     compute: np.ndarray,
     loss: np.ndarray,
@@ -318,7 +216,7 @@ def fit_power_law(
     from that many resamples of the points (seeded by `seed`). Raises ValueError with fewer
     than 3 finite-loss points.
     """
-    compute, loss = _clean(compute, loss, "compute")
+    compute, loss = clean(compute, loss, "compute")
     compute_ref = float(np.exp(np.mean(np.log(compute))))
     logx = np.log(compute / compute_ref)
     res = _fit_pl_theta(logx, loss, huber_delta)
@@ -335,8 +233,8 @@ def fit_power_law(
             r = _fit_pl_theta(logx[idx], loss[idx], huber_delta, warm=res.x)
             return np.array(_pl_params(r.x, compute_ref))
 
-        samples = _bootstrap(bootstrap, seed, compute, refit)
-        fit.ci = {k: _percentile_ci(samples[:, i]) for i, k in enumerate(("E", "A", "alpha"))}
+        samples = bootstrap_refits(bootstrap, seed, compute, refit)
+        fit.ci = {k: percentile_ci(samples[:, i]) for i, k in enumerate(("E", "A", "alpha"))}
         fit.n_boot, fit.samples = bootstrap, samples
     return fit
 
@@ -359,159 +257,6 @@ def _refit_pl(fit: PowerLawFit, compute: np.ndarray, loss: np.ndarray) -> PowerL
                        compute_max=float(compute.max()))
 
 
-# ----------------------------------------------------------------------------- L(N, D)
-
-
-@dataclass
-class NDFit:
-    """L(N, D) = E + A / N^alpha + B / D^beta; N parameters, D tokens, L in nats/token."""
-
-    E: float
-    A: float
-    alpha: float
-    B: float
-    beta: float
-    ci: dict[str, tuple[float, float]]  # 95% bootstrap percentile intervals; {} without
-    residuals: np.ndarray  # log L_pred - log L_obs at each point used, in input order
-    n_points: int
-    loss_value: float  # final objective: summed Huber(delta) of the log residuals
-    converged: bool
-    huber_delta: float = 1e-3
-    params_ref: float = 1.0  # N and D are divided by these geometric means while fitting
-    tokens_ref: float = 1.0
-    n_boot: int = 0
-
-    def predict(self, N: np.ndarray | float, D: np.ndarray | float) -> np.ndarray:
-        """Predicted loss (nats/token) for N parameters trained on D tokens."""
-        logn, logd = np.log(np.asarray(N, float)), np.log(np.asarray(D, float))
-        return (self.E + np.exp(math.log(self.A) - self.alpha * logn)
-                + np.exp(math.log(self.B) - self.beta * logd))
-
-    def compute_optimal(
-        self, C: np.ndarray | float, flops_per_param_token: float = 6.0
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(N_opt parameters, D_opt tokens) minimising L at training compute C (FLOPs), with
-        C = k * N * D, k = flops_per_param_token.
-
-        Closed form (Hoffmann et al. 2022, eq. 4): N_opt = G (C/k)^(beta/(alpha+beta)),
-        D_opt = (C/k) / N_opt, G = (alpha A / (beta B))^(1/(alpha+beta)); done in logs so
-        large C does not overflow.
-        """
-        s = self.alpha + self.beta
-        log_g = (math.log(self.alpha * self.A) - math.log(self.beta * self.B)) / s
-        log_nd = np.log(np.asarray(C, float) / flops_per_param_token)
-        log_n = log_g + self.beta / s * log_nd
-        return np.exp(log_n), np.exp(log_nd - log_n)
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict; non-finite numbers become None."""
-        return _jsonable({
-            "E": self.E, "A": self.A, "alpha": self.alpha, "B": self.B, "beta": self.beta,
-            "ci": self.ci, "n_points": self.n_points, "loss_value": self.loss_value,
-            "converged": self.converged, "huber_delta": self.huber_delta,
-            "params_ref": self.params_ref, "tokens_ref": self.tokens_ref,
-            "n_boot": self.n_boot,
-            "residuals": self.residuals,
-        })
-
-
-def _nd_objective(theta, logn, logd, logl, delta):
-    """Huber loss and gradient for theta = (E, log A', alpha, log B', beta) with
-    L = E + A' n^-alpha + B' d^-beta on normalised n, d."""
-    E, a, alpha, b, beta = theta
-    P = np.exp(np.clip(a - alpha * logn, -_MAX_EXP, _MAX_EXP))
-    Q = np.exp(np.clip(b - beta * logd, -_MAX_EXP, _MAX_EXP))
-    Lp = E + P + Q
-    f, g = _huber(np.log(Lp) - logl, delta)
-    gE = g / Lp
-    gP, gQ = gE * P, gE * Q
-    return f, np.array([gE.sum(), gP.sum(), -(gP * logn).sum(), gQ.sum(), -(gQ * logd).sum()])
-
-
-def _nd_grid(logn: np.ndarray, logd: np.ndarray, loss: np.ndarray) -> np.ndarray:
-    """5 alphas x 5 betas x 5 E levels = 125 starts; for each, A' and B' come from a
-    non-negative least-squares fit of L - E on the two power-law columns."""
-    e_max = _e_max(loss)
-    exps = (0.1, 0.2, 0.35, 0.55, 0.9)
-    starts = []
-    for alpha in exps:
-        for beta in exps:
-            cols = np.column_stack([np.exp(-alpha * logn), np.exp(-beta * logd)])
-            for frac in (0.0, 0.4, 0.7, 0.85, 0.95):
-                E = frac * e_max
-                coef, _ = nnls(cols, loss - E)
-                # nnls may zero a term; keep it alive at a small share of the gap
-                coef = np.maximum(coef, 1e-3 * np.mean(loss - E))
-                starts.append((E, math.log(coef[0]), alpha, math.log(coef[1]), beta))
-    return np.array(starts)
-
-
-def _fit_nd_theta(logn, logd, loss, delta, warm=None) -> OptimizeResult:
-    logl = np.log(loss)
-
-    def objective(t: np.ndarray) -> tuple[float, np.ndarray]:
-        return _nd_objective(t, logn, logd, logl, delta)
-
-    bounds = [(0.0, _e_max(loss)), (None, None), _ALPHA_BOUNDS,
-              (None, None), _ALPHA_BOUNDS]
-    return _best_start(objective, _nd_grid(logn, logd, loss), bounds, warm)
-
-
-def _nd_params(theta: np.ndarray, n_ref: float, d_ref: float) -> tuple[float, ...]:
-    E, a, alpha, b, beta = theta
-    return (float(E), math.exp(a + alpha * math.log(n_ref)), float(alpha),
-            math.exp(b + beta * math.log(d_ref)), float(beta))
-
-
-@_one_blas_thread
-def fit_nd(
-    params: np.ndarray,
-    tokens: np.ndarray,
-    loss: np.ndarray,
-    *,
-    bootstrap: int = 0,
-    seed: int = 0,
-    huber_delta: float = 1e-3,
-) -> NDFit:
-    """Fit L(N, D) = E + A / N^alpha + B / D^beta to loss (nats/token) against N parameters
-    and D training tokens.
-
-    Same machinery as `fit_power_law`: Huber on log residuals, L-BFGS-B from 125 grid starts
-    over (alpha, beta, E), 0 <= E < min observed loss, non-finite losses dropped, optional
-    bootstrap percentile intervals for E, A, alpha, B, beta. Raises ValueError with fewer
-    than 3 finite-loss points.
-    """
-    params, tokens, loss = (np.asarray(v, float).ravel() for v in (params, tokens, loss))
-    if not params.shape == tokens.shape == loss.shape:
-        raise ValueError(f"params, tokens and loss differ in length: "
-                         f"{params.size}, {tokens.size}, {loss.size}")
-    keep = np.isfinite(loss)
-    tokens = tokens[keep]
-    params, loss = _clean(params[keep], loss[keep], "params")
-    if np.any(~np.isfinite(tokens) | (tokens <= 0)):
-        raise ValueError("tokens must be finite and > 0 wherever the loss is finite")
-    n_ref, d_ref = (float(np.exp(np.mean(np.log(v)))) for v in (params, tokens))
-    logn, logd = np.log(params / n_ref), np.log(tokens / d_ref)
-    res = _fit_nd_theta(logn, logd, loss, huber_delta)
-    E, A, alpha, B, beta = _nd_params(res.x, n_ref, d_ref)
-    fit = NDFit(E=E, A=A, alpha=alpha, B=B, beta=beta, ci={}, residuals=np.empty(0),
-                n_points=loss.size, loss_value=float(res.fun), converged=bool(res.success),
-                huber_delta=huber_delta, params_ref=n_ref, tokens_ref=d_ref)
-    fit.residuals = np.log(fit.predict(params, tokens)) - np.log(loss)
-    if bootstrap > 0:
-        def refit(idx: np.ndarray) -> np.ndarray:
-            r = _fit_nd_theta(logn[idx], logd[idx], loss[idx], huber_delta, warm=res.x)
-            return np.array(_nd_params(r.x, n_ref, d_ref))
-
-        # a (N, D) pair is the unit that must vary, so count distinct pairs per draw
-        pairs = np.unique(np.column_stack([params, tokens]), axis=0, return_inverse=True)[1]
-        samples = _bootstrap(bootstrap, seed, pairs.ravel(), refit)
-        names = ("E", "A", "alpha", "B", "beta")
-        fit.ci = {k: _percentile_ci(samples[:, i]) for i, k in enumerate(names)}
-        fit.n_boot = bootstrap
-    return fit
-
-
 # ----------------------------------------------------------------------------- compare
 
 
@@ -529,7 +274,7 @@ class CompareResult:
 
     def to_dict(self) -> dict:
         """JSON-ready summary; non-finite numbers become None (see `note`)."""
-        return _jsonable({
+        return jsonable({
             "multiplier": self.multiplier, "ci": self.ci, "target_loss": self.target_loss,
             "at_compute": self.at_compute, "note": self.note, "n_boot": self.n_boot,
         })
@@ -552,7 +297,7 @@ def _multiplier(fit_a: PowerLawFit, fit_b: PowerLawFit, target: float) -> tuple[
     return math.exp(log_c(fit_a) - log_c(fit_b)), ""
 
 
-@_one_blas_thread
+@one_blas_thread
 def compare(
     fit_a: PowerLawFit,
     fit_b: PowerLawFit,
@@ -601,7 +346,7 @@ def compare(
         result.note = (note + "; " if note else "") + "no bootstrap resample gave a multiplier"
         return result
     # inf/0 samples (target out of reach in a resample) sort to the ends, as they should
-    result.ci = _percentile_ci(samples)
+    result.ci = percentile_ci(samples)
     result.n_boot = bootstrap
     if n_bad:
         result.note = (note + "; " if note else "") + f"{n_bad} resamples gave nan"
@@ -618,11 +363,11 @@ def _paired_refits(fit_a, fit_b, n, seed, compute_a, loss_a, compute_b, loss_b):
     if any(v is None for v in (compute_a, loss_a, compute_b, loss_b)):
         raise ValueError("bootstrap needs the raw data: compute_a, loss_a, compute_b, loss_b "
                          "(or fits made with at least as many bootstrap samples)")
-    ca, la = _clean(compute_a, loss_a, "compute_a")
-    cb, lb = _clean(compute_b, loss_b, "compute_b")
+    ca, la = clean(compute_a, loss_a, "compute_a")
+    cb, lb = clean(compute_b, loss_b, "compute_b")
     rng = np.random.default_rng(seed)
     for _ in range(n):
-        ia, ib = _draw(rng, ca), _draw(rng, cb)
+        ia, ib = draw(rng, ca), draw(rng, cb)
         yield _refit_pl(fit_a, ca[ia], la[ia]), _refit_pl(fit_b, cb[ib], lb[ib])
 
 
@@ -642,7 +387,7 @@ class BacktestResult:
 
     def to_dict(self) -> dict:
         """JSON-ready summary, with the fit nested under "fit"."""
-        return _jsonable({
+        return jsonable({
             "compute": self.compute, "predicted": self.predicted, "observed": self.observed,
             "rel_error": self.rel_error, "n_train": self.n_train, "fit": self.fit.to_dict(),
         })
@@ -660,9 +405,9 @@ def backtest(compute: np.ndarray, loss: np.ndarray, **fit_kwargs) -> BacktestRes
         raise ValueError("backtest needs finite losses, got none")
     c_max = float(compute[ok].max())
     train = ok & (compute < c_max)
-    if train.sum() < _MIN_POINTS:
+    if train.sum() < MIN_POINTS:
         raise ValueError(
-            f"backtest needs at least {_MIN_POINTS} finite-loss points below the largest "
+            f"backtest needs at least {MIN_POINTS} finite-loss points below the largest "
             f"budget ({c_max:.3g} FLOPs), got {int(train.sum())}"
         )
     fit = fit_power_law(compute[train], loss[train], **fit_kwargs)

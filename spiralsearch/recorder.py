@@ -1,0 +1,151 @@
+"""The sweep driver's view of its trials: the single writer of the results file, and the
+live progress table (DESIGN.md §4). Both are Ray Tune callbacks' state, kept in the driver.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+
+from ray.tune import Callback
+
+from spiralsearch.space import Group, SearchSpace, resolve
+from spiralsearch.store import ResultsStore, config_hash
+
+# what a trial's results carry (see sweep.run_trial)
+FINAL_KEYS = ("status", "error", "family", "spec", "budget_kind", "budget_target",
+              "budget_achieved", "params_total", "params_non_embedding", "params_unrolled",
+              "flops_per_token", "final_val_loss", "best_val_loss", "final_val_bpb",
+              "wall_seconds")
+METRIC_KEYS = ("step", "tokens", "train_flops", "train_loss", "val_loss", "val_bpb", "lr",
+               "tokens_per_s", "wall_seconds")
+
+
+class StoreCallback(Callback):
+    """The single writer: trial rows and metrics into DuckDB in short, batched transactions
+    (at most every `flush_s` seconds, and at every trial end). Opens nothing until the first
+    write, as Ray pickles callbacks with the run config."""
+
+    def __init__(self, store: ResultsStore, sweep: str, space: SearchSpace, groups: list[Group],
+                 view: LiveView | None = None, flush_s: float = 2.0):
+        self.store, self.sweep, self.space, self.groups = store, sweep, space, groups
+        self.view, self.flush_s = view, flush_s
+        self._trials: list[dict] = []
+        self._metrics: dict[str, list[dict]] = defaultdict(list)
+        self._best: dict[str, float] = {}  # lowest val loss reported so far, per trial
+        self._last_flush = 0.0
+
+    def _group(self, trial) -> Group:
+        return self.groups[trial.config["group"]]
+
+    def _config(self, trial) -> dict:
+        return resolve(self.space, self._group(trial), trial.config["params"])
+
+    def _row(self, trial, **fields) -> dict:
+        config = self._config(trial)
+        return dict(sweep=self.sweep, config=config, family=self._group(trial).family,
+                    spec=config["model"]["spec"]) | fields
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._trials.append(self._row(trial, status="running"))
+        if self.view:
+            self.view.update(self._group(trial), config_hash(self._config(trial)), "running")
+        self._flush()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("status") == "running" and "step" in result:
+            tid = result["config_hash"]
+            self._metrics[tid].append({k: result[k] for k in METRIC_KEYS if k in result})
+            self._best[tid] = min(self._best.get(tid, math.inf), result["val_loss"])
+        if time.monotonic() - self._last_flush > self.flush_s:
+            self._flush()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        r = trial.last_result or {}
+        status = r.get("status", "failed")
+        if status == "running":  # the scheduler (ASHA) stopped it early
+            status = "stopped"
+        fields = {k: r[k] for k in FINAL_KEYS if k in r and k not in ("family", "spec")}
+        if status == "stopped":
+            fields |= dict(final_val_loss=r.get("val_loss"), final_val_bpb=r.get("val_bpb"),
+                           best_val_loss=self._best.get(r.get("config_hash"), math.nan))
+        if "step" in r and r.get("status") != "running" and not r.get("cached"):
+            self._metrics[r["config_hash"]].append({k: r[k] for k in METRIC_KEYS if k in r})
+        self._trials.append(self._row(trial, **(fields | dict(status=status))))
+        if self.view:
+            self.view.update(self._group(trial), r.get("config_hash"), status,
+                             r.get("final_val_loss"))
+        self._flush(force=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        try:
+            error = trial.get_error()
+        except Exception:  # noqa: BLE001 — the message is a courtesy; the status is what counts
+            error = None
+        error = error or "the trial's process died (out of memory?)"
+        self._trials.append(self._row(trial, status="failed", error=str(error)[-2000:]))
+        if self.view:
+            self.view.update(self._group(trial), config_hash(self._config(trial)), "failed")
+        self._flush(force=True)
+
+    def on_experiment_end(self, trials, **info):
+        self._flush(force=True)
+
+    def _flush(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._last_flush < self.flush_s:
+            return
+        if self._trials or self._metrics:
+            self.store.write(trials=self._trials, metrics=dict(self._metrics))
+        self._trials, self._metrics = [], defaultdict(list)
+        self._last_flush = time.monotonic()
+
+
+class LiveView:
+    """A live table: trials done / running / failed per (budget, family), best loss so far."""
+
+    def __init__(self, space: SearchSpace, enabled: bool = True):
+        self.space, self.enabled = space, enabled
+        self.status: dict[tuple, dict[str, str]] = defaultdict(dict)
+        self.best: dict[tuple, float] = {}
+        self.live = None
+
+    def __getstate__(self) -> dict:  # Ray pickles callbacks; the live display stays here
+        return self.__dict__ | {"live": None}
+
+    def __enter__(self) -> LiveView:
+        if self.enabled:
+            from rich.live import Live
+
+            self.live = Live(self._table(), refresh_per_second=2, transient=False)
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.update(self._table())
+            self.live.stop()
+            print()
+
+    def update(self, group: Group, tid: str | None, status: str, loss: float | None = None):
+        key = (group.budget, group.family)
+        self.status[key][tid or f"?{len(self.status[key])}"] = status
+        if loss is not None and math.isfinite(loss):
+            self.best[key] = min(loss, self.best.get(key, math.inf))
+        if self.live is not None:
+            self.live.update(self._table())
+
+    def _table(self):
+        from rich.table import Table
+
+        t = Table(title=f"sweep {self.space.name}")
+        for c in ("budget", "family", "done", "running", "failed/rejected", "best val loss"):
+            t.add_column(c, justify="right")
+        for g in self.space.groups():
+            st = list(self.status[(g.budget, g.family)].values())
+            done = sum(s in ("complete", "stopped", "diverged") for s in st)
+            bad = sum(s in ("failed", "rejected") for s in st)
+            best = self.best.get((g.budget, g.family))
+            t.add_row(f"{g.budget:.3g}", g.family, f"{done}/{g.n_samples(self.space)}",
+                      str(st.count("running")), str(bad), "-" if best is None else f"{best:.4f}")
+        return t

@@ -197,8 +197,8 @@ class _FakeTrial:
 def test_store_callback_records_stopped_and_crashed_trials(tmp_path):
     """Without Ray: a trial ASHA stops keeps its last and best losses as 'stopped'; a trial
     whose process dies is 'failed' with Ray's error text."""
-    from spiralsearch.store import ResultsStore
     from spiralsearch.recorder import StoreCallback
+    from spiralsearch.store import ResultsStore
 
     space = parse_space(SPACE.format(name="cb", lr="{loguniform: [1.0e-3, 1.0e-2]}", extra="",
                                      sampler="tpe", samples=2))

@@ -26,7 +26,8 @@ def model_options(args: argparse.Namespace) -> dict:
 
 
 def _si(x: float, unit: str = "") -> str:
-    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+    for scale, prefix in ((1e21, "Z"), (1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"),
+                          (1e6, "M"), (1e3, "k")):
         if abs(x) >= scale:
             return f"{x / scale:.3g}{prefix}{unit}"
     return f"{x:.3g}{unit}"
@@ -125,11 +126,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         rows = check_candidates(space)
         budgets = space.budget_values
         unit = {"flops": "FLOPs", "tokens": "tokens", "params": "params"}[space.budget_kind]
+        varying = sorted({k for r in rows for k, v in r["model"].items()
+                          if k != "spec" and any(o["model"].get(k) != v for o in rows)})
         table = []
         for r in rows:
             per = [(_si(b["tokens"]) + " tok" if b.get("tokens") else "refused: "
                     + str(b.get("reason", ""))[:40]) for b in r["budgets"]]
-            table.append([r["spec"], r["family"], _options_text(r), _si(r["params_non_embedding"]),
+            options = " ".join(f"{k}={r['model'].get(k)}" for k in varying)
+            table.append([r["spec"], r["family"], options, _si(r["params_non_embedding"]),
                           _si(r["flops_per_token"], "FLOP"), *per])
         print_table(f"{space.name}: {len(rows)} candidates (dry run)",
                     ["spec", "family", "options", "params (non-emb)", "train FLOPs/token",
@@ -143,10 +147,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     print(f"sweep {report.name}: {counts} ({report.skipped} complete before this run) in "
           f"{report.seconds:.0f} s; results in {report.results}")
     return 0
-
-
-def _options_text(row: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in sorted(row.get("options", {}).items()))
 
 
 def _print_frame(df, args: argparse.Namespace, title: str) -> None:

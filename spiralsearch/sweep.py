@@ -317,11 +317,20 @@ def run_sweep(space: SearchSpace | str | Path, *, results: str | Path | None = N
     path = path.resolve()
     store = ResultsStore(path)
     prev = Previous.load(path, space, space.groups())
+    owns_ray = start_ray(address)
+    status = "interrupted"
+    try:
+        _check_cluster(space)
+        _prepare_data(space)
+    except BaseException:
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+        raise
     store.begin_sweep(space.name, space.yaml_text, git_revision=_git_revision(),
                       versions=_versions())
     work = path.parent / f"{path.stem}.runs"
-    owns_ray = start_ray(address)
-    status = "interrupted"
     try:
         with LiveView(space, enabled=progress) as view:
             for tid, r in prev.done.items():
@@ -340,6 +349,39 @@ def run_sweep(space: SearchSpace | str | Path, *, results: str | Path | None = N
             ray.shutdown()
     return SweepReport(space.name, path, _count(store, space.name), len(prev.done),
                        time.perf_counter() - t0)
+
+
+class ClusterError(ValueError):
+    """The Ray cluster cannot run one trial of this space (too few CPUs or GPUs)."""
+
+
+def _check_cluster(space: SearchSpace) -> None:
+    """Refuse a space whose trials the cluster can never schedule (Ray would wait forever)."""
+    import ray
+
+    have = ray.cluster_resources()
+    for key, name in (("cpu", "CPU"), ("gpu", "GPU")):
+        need = getattr(space.resources, key)
+        if need > have.get(name, 0):
+            raise ClusterError(f"resources.{key}: each trial asks {need:g} {name}s but the Ray "
+                               f"cluster has {have.get(name, 0):g}; lower it, or run on a "
+                               f"cluster that has them (--address)")
+
+
+def _prepare_data(space: SearchSpace) -> None:
+    """Load (and on first use tokenize and cache) every data source of the space once, in
+    the driver: a missing file stops the sweep before any trial, and trials never race to
+    build the same cache."""
+    import itertools
+
+    from spiralsearch.data import load_dataset
+    from spiralsearch.train import DataConfig
+    from spiralsearch.validate import values_of
+
+    keys = ("source", "tokenizer", "val_fraction", "split_seed")
+    options = [values_of(space.data.get(k, getattr(DataConfig, k))) for k in keys]
+    for source, tokenizer, val_fraction, seed in itertools.product(*options):
+        load_dataset(source, tokenizer, val_fraction=val_fraction, seed=seed)
 
 
 def _count(store: ResultsStore, sweep: str) -> dict[str, int]:

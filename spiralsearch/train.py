@@ -42,6 +42,8 @@ class DataConfig:
     tokenizer: str = "bytes"
     seq_len: int = 256
     val_fraction: float = 0.1
+    split_seed: int = 0  # picks the validation documents; apart from the training seed, so
+    # trials with different seeds are scored on the same validation data
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,7 @@ def prepare(config: TrainConfig) -> tuple[Dataset, Plan]:
     """Load the data and plan the budget: everything that can refuse a trial before it
     trains (bad source, budget below one step or more than 1% off)."""
     ds = load_dataset(config.data.source, config.data.tokenizer,
-                      val_fraction=config.data.val_fraction, seed=config.train.seed)
+                      val_fraction=config.data.val_fraction, seed=config.data.split_seed)
     cfg = config.model_config(ds.vocab_size)
     return ds, plan(cfg, config.budget, batch_size=config.train.batch_size,
                     seq_len=config.data.seq_len)

@@ -225,3 +225,21 @@ def test_store_callback_records_stopped_and_crashed_trials(tmp_path):
     other = trials.drop(tid).iloc[0]
     assert other["status"] == "failed" and other["error"] == "RayActorError: OOM"
     assert len(load(tmp_path / "cb.duckdb", "metrics")) == 3
+
+
+@pytest.mark.slow
+def test_unrunnable_sweeps_stop_before_any_trial(ray_session, tmp_path):
+    """A data file that is not there, or more GPUs per trial than the cluster has: a clear
+    error before anything runs, and no results file."""
+    from spiralsearch.data import DataError
+    from spiralsearch.sweep import ClusterError
+
+    missing = parse_space(SPACE.format(name="nodata", lr="1.0e-3", extra="", sampler="tpe",
+                                       samples=1).replace("corpus:sotu", "text:/no/such/file"))
+    with pytest.raises(DataError, match="/no/such/file"):
+        run_sweep(missing, results=tmp_path / "a.duckdb", progress=False)
+    greedy = parse_space(SPACE.format(name="greedy", lr="1.0e-3", extra="", sampler="tpe",
+                                      samples=1).replace("gpu: 0", "gpu: 4"))
+    with pytest.raises(ClusterError, match="asks 4 GPUs but the Ray cluster has 2"):
+        run_sweep(greedy, results=tmp_path / "b.duckdb", progress=False)
+    assert not (tmp_path / "a.duckdb").exists() and not (tmp_path / "b.duckdb").exists()

@@ -157,3 +157,15 @@ def test_config_errors(kwargs, fragment):
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown preset 'pythia-7b'"):
         ModelConfig.from_spec("12", "pythia-7b")
+
+
+def test_readme_example_runs():
+    """examples/quickstart_model.py is the README's example, line for line."""
+    import pathlib
+    import runpy
+
+    example = pathlib.Path(__file__).parents[1] / "examples" / "quickstart_model.py"
+    code = example.read_text().split('"""', 2)[2].strip()
+    readme = (example.parents[1] / "README.md").read_text()
+    assert code in readme
+    runpy.run_path(str(example))

@@ -22,6 +22,7 @@ _MODEL_HELP = {
     "rotary_base": "rotary base", "parallel_residual": "GPT-NeoX parallel attention + MLP",
     "bias": "biases in linear layers and norms", "max_seq_len": "longest input (tokens)",
     "topology": "loop topology", "mesh_slots": "MeSH buffer slots (default T+3)",
+    "mesh_init": "MeSH slot 0: token embeddings or the loop's input",
     "downsample": "chunk pooling", "upsample": "chunk-to-token split",
     "coarse_positions": "rotary position of a chunk latent", "shift": "causal right-shift",
     "norm_eps": "LayerNorm epsilon", "init_std": "init standard deviation",

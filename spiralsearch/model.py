@@ -18,7 +18,7 @@ from torch import nn
 
 from spiralsearch.resample import COARSE_POSITIONS, DOWNSAMPLE, SHIFT, UPSAMPLE, Resampler
 from spiralsearch.spec import Spec, parse_spec
-from spiralsearch.topology import TOPOLOGIES, build_topology
+from spiralsearch.topology import MESH_INIT, TOPOLOGIES, build_topology
 
 # Width, heads, MLP and vocab; the spec fixes the depth layout. Pythia rows from DESIGN.md.
 _PYTHIA = dict(mlp_ratio=4.0, vocab_size=50304, rotary_pct=0.25, parallel_residual=True,
@@ -35,8 +35,8 @@ PRESETS: dict[str, dict] = {
 PRESET_LAYERS = {"tiny": 4, "pythia-160m": 12, "pythia-410m": 24, "pythia-1b": 16,
                  "pythia-1.4b": 24}
 
-CHOICES = {"topology": TOPOLOGIES, "downsample": DOWNSAMPLE, "upsample": UPSAMPLE,
-           "coarse_positions": COARSE_POSITIONS, "shift": SHIFT}
+CHOICES = {"topology": TOPOLOGIES, "mesh_init": MESH_INIT, "downsample": DOWNSAMPLE,
+           "upsample": UPSAMPLE, "coarse_positions": COARSE_POSITIONS, "shift": SHIFT}
 
 
 class ConfigError(ValueError):
@@ -59,6 +59,7 @@ class ModelConfig:
     max_seq_len: int = 1024  # tokens
     topology: str = "residual"
     mesh_slots: int | None = None  # default T + 3
+    mesh_init: str = "embed"  # MeSH slot 0: token embeddings, or loop_input (pre-block output)
     downsample: str = "score"
     upsample: str = "allocate"
     coarse_positions: str = "chunk"
@@ -206,7 +207,7 @@ class SpiralFormer(nn.Module):
                       shift=cfg.shift, coarse_positions=cfg.coarse_positions, bias=cfg.bias)
             for g, w in spec.iterations)
         self.topology = build_topology(cfg.topology, cfg.d_model, spec.T, cfg.mesh_slots,
-                                       cfg.bias)
+                                       cfg.bias, cfg.mesh_init)
         self.post = nn.ModuleList(Block(cfg) for _ in range(spec.n_post))
         self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)

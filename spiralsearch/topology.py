@@ -15,6 +15,7 @@ from torch import nn
 from spiralsearch.resample import Resampler
 
 TOPOLOGIES = ("residual", "anchor", "mesh")
+MESH_INIT = ("embed", "loop_input")  # what MeSH slot 0 starts as
 
 
 class Residual(nn.Module):
@@ -42,14 +43,16 @@ class Anchor(nn.Module):
 class Mesh(nn.Module):
     """A buffer of B state slots with learned, per-iteration write and read routers.
 
-    Slot 0 starts as the token embeddings, the others as zeros. Iteration t computes two
+    Slot 0 starts as the token embeddings (DESIGN.md; `init="loop_input"`: the state entering
+    the loop, i.e. the pre-block output), the others as zeros. Iteration t computes two
     softmaxes over slots from h(t): the update is written m_b += u * w_write_b, then the next
     state is read h(t+1) = sum_b m_b * w_read_b.
     """
 
-    def __init__(self, d_model: int, n_iterations: int, n_slots: int, bias: bool = True):
+    def __init__(self, d_model: int, n_iterations: int, n_slots: int, bias: bool = True,
+                 init: str = "embed"):
         super().__init__()
-        self.n_slots = n_slots
+        self.n_slots, self.init = n_slots, init
         self.write = nn.ModuleList(nn.Linear(d_model, n_slots, bias=bias)
                                    for _ in range(n_iterations))
         self.read = nn.ModuleList(nn.Linear(d_model, n_slots, bias=bias)
@@ -60,8 +63,9 @@ class Mesh(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def start(self, emb: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-        # the buffer m: (n_slots, B, L, d); slot 0 = token embeddings
-        return torch.cat([emb.unsqueeze(0), emb.new_zeros(self.n_slots - 1, *emb.shape)])
+        # the buffer m: (n_slots, B, L, d); slot 0 = token embeddings or the loop's input
+        first = emb if self.init == "embed" else h0
+        return torch.cat([first.unsqueeze(0), first.new_zeros(self.n_slots - 1, *first.shape)])
 
     def step(self, t: int, m, h, z, zhat, rs: Resampler):
         u = rs.up(zhat, zhat, h.shape[1])
@@ -72,12 +76,12 @@ class Mesh(nn.Module):
 
 
 def build_topology(name: str, d_model: int, n_iterations: int, mesh_slots: int | None,
-                   bias: bool = True) -> nn.Module:
+                   bias: bool = True, mesh_init: str = "embed") -> nn.Module:
     """The topology module for `name` in TOPOLOGIES."""
     if name == "residual":
         return Residual()
     if name == "anchor":
         return Anchor()
     if name == "mesh":
-        return Mesh(d_model, n_iterations, mesh_slots or n_iterations + 3, bias)
+        return Mesh(d_model, n_iterations, mesh_slots or n_iterations + 3, bias, mesh_init)
     raise ValueError(f"unknown topology {name!r}; allowed: {', '.join(TOPOLOGIES)}")

@@ -37,6 +37,7 @@ def configs(draw):
         upsample=draw(st.sampled_from(["repeat", "allocate"])),
         coarse_positions=draw(st.sampled_from(["chunk", "token"])),
         shift=draw(st.sampled_from(["minimal", "no_overlap"])),
+        mesh_init=draw(st.sampled_from(["embed", "loop_input"])),
         parallel_residual=draw(st.booleans()),
     )
     return tiny(spec, **options)
@@ -119,6 +120,18 @@ def test_chunk_count_and_positions():
     assert rs.positions(10, torch.device("cpu")).tolist() == [0, 4, 8, 9]
     rs.coarse_positions = "chunk"
     assert rs.positions(10, torch.device("cpu")).tolist() == [0, 1, 2, 3]
+
+
+def test_mesh_init_picks_slot_zero():
+    """With a pre block, slot 0 = embeddings and slot 0 = pre-block output differ; without
+    one they are the same thing."""
+    x = torch.randint(0, VOCAB, (2, 13))
+    for spec, differ in (("1+1x{1/2,1}+1", True), ("0+1x{1/2,1}+1", False)):
+        a = jittered(tiny(spec, topology="mesh"))
+        b = build_model(tiny(spec, topology="mesh", mesh_init="loop_input")).double()
+        b.load_state_dict(a.state_dict())
+        with torch.no_grad():
+            assert (not torch.equal(a(x), b(x))) == differ
 
 
 def test_plain_and_looped_share_one_class():

@@ -162,6 +162,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def _write_tokens(path: Path, ids: np.ndarray) -> None:
+    # its own function so tests can make a write fail (or spy on rewrites)
     ids.tofile(path)
 
 

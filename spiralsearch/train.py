@@ -29,10 +29,6 @@ from spiralsearch.data import Dataset, load_dataset
 from spiralsearch.flops import count_params
 from spiralsearch.model import ModelConfig, build_model
 
-STATUSES = ("complete", "diverged", "failed")
-METRIC_KEYS = ("step", "tokens", "train_flops", "train_loss", "val_loss", "val_bpb", "lr",
-               "tokens_per_s", "wall_seconds")
-
 
 @dataclass(frozen=True)
 class DataConfig:

@@ -90,7 +90,8 @@ def _layer_flops(cfg: ModelConfig, n: int) -> int:
 def analytic_flops(cfg: ModelConfig, seq_len: int) -> dict[str, Any]:
     """Forward FLOPs of one prefill of `seq_len` tokens from the config alone, by block:
     `pre`, `iterations` (a list, one entry per loop iteration with its chunk count L_t and
-    FLOPs), `loop` (their sum), `post`, `head`, `total`."""
+    FLOPs), `transition` (MeSH's transitional router pair, else 0), `loop` (transition plus
+    iterations), `post`, `head`, `total`."""
     spec, d, L = cfg.spec, cfg.d_model, seq_len
     slots = cfg.mesh_slots or spec.T + 3
     iterations = []
@@ -105,8 +106,10 @@ def analytic_flops(cfg: ModelConfig, seq_len: int) -> dict[str, Any]:
         topology = 2 * 2 * L * d * slots if cfg.topology == "mesh" else 0  # write + read routers
         iterations.append(dict(chunk=g, offset=w, n_chunks=L_t, core=core, resample=resample,
                                topology=topology, total=core + resample + topology))
+    # MeSH's transitional write-read cycle: one more router pair, before iteration 0
+    transition = 2 * 2 * L * d * slots if cfg.topology == "mesh" and spec.T else 0
     out = dict(pre=spec.n_pre * _layer_flops(cfg, L), iterations=iterations,
-               loop=sum(it["total"] for it in iterations),
+               transition=transition, loop=transition + sum(it["total"] for it in iterations),
                post=spec.n_post * _layer_flops(cfg, L), head=2 * L * d * cfg.vocab_size)
     out["total"] = out["pre"] + out["loop"] + out["post"] + out["head"]
     return out

@@ -57,13 +57,14 @@ class ModelConfig:
     parallel_residual: bool = False  # GPT-NeoX: x + attn(ln1 x) + mlp(ln2 x)
     bias: bool = True
     max_seq_len: int = 1024  # tokens
-    topology: str = "residual"
+    topology: str = "mesh"  # the paper's; residual and anchor for ablations
     mesh_slots: int | None = None  # default T + 3
     mesh_init: str = "embed"  # MeSH slot 0: token embeddings, or loop_input (pre-block output)
     downsample: str = "score"
     upsample: str = "allocate"
     coarse_positions: str = "chunk"
     shift: str = "minimal"
+    embed_scale: bool = False  # multiply token embeddings by sqrt(d_model), as MeSH does
     norm_eps: float = 1e-5
     init_std: float = 0.02
 
@@ -238,11 +239,13 @@ class SpiralFormer(nn.Module):
         if not 1 <= L <= self.cfg.max_seq_len:
             raise ValueError(f"sequence length {L} outside [1, max_seq_len={self.cfg.max_seq_len}]")
         emb = self.wte(idx)
+        if self.cfg.embed_scale:
+            emb = emb * math.sqrt(self.cfg.d_model)
         rope = self._rope(torch.arange(L, device=idx.device), emb.dtype)
         h = emb
         for blk in self.pre:
             h = blk(h, rope)
-        state = self.topology.start(emb, h)
+        h, state = self.topology.start(emb, h)
         for t, rs in enumerate(self.resamplers):
             z = rs.down(h)
             zhat = z

@@ -59,14 +59,15 @@ def test_doubling_seq_len(spec):
 @pytest.mark.parametrize("topology", ["residual", "anchor", "mesh"])
 def test_full_resolution_loop_costs_the_plain_model(topology):
     """All iterations at r=1: the FLOPs of the plain model of the same unrolled depth, plus
-    only the topology's own matmuls (MeSH routers: 2 routers x 2*L*d*slots per iteration)."""
+    only the topology's own matmuls (MeSH routers: 2 routers x 2*L*d*slots for each of the
+    T + 1 = 4 router pairs, the transition included)."""
     L, d = 100, 32
     looped = describe(tiny("1+2x{1,1,1}+1", topology=topology), seq_len=L)
     plain = describe(tiny("8"), seq_len=L)
-    routers = 3 * 2 * 2 * L * d * 6 if topology == "mesh" else 0
+    routers = 4 * 2 * 2 * L * d * 6 if topology == "mesh" else 0
     assert looped["flops_forward"] == plain["flops_forward"] + routers
     assert looped["params_unrolled"] == plain["params_non_embedding"] + (
-        3 * 2 * (d * 6 + 6) if topology == "mesh" else 0)
+        4 * 2 * (d * 6 + 6) if topology == "mesh" else 0)
 
 
 def test_loop_options_change_nothing_for_a_plain_spec():
@@ -83,6 +84,16 @@ def test_params():
     assert p["total"] == sum(t.numel() for t in model.parameters())
     assert p["non_embedding"] == p["total"] - 2 * 50 * 32
     assert p["unrolled"] == p["non_embedding"] + core
+
+
+def test_mesh_table5_non_embedding_count():
+    """MeSH Table 5's 1.4B `4+8R2+4` MeSH model: Pythia-1.4B's 16 stored layers (2/3 of its
+    24) plus 61,470 router parameters."""
+    r = describe("4+8x{1,1}+4", "pythia-1.4b", seq_len=64)
+    final_norm = 2 * 2048  # the plain count is 24 identical layers plus the final LayerNorm
+    per_layer, rest = divmod(1_208_602_624 - final_norm, 24)
+    assert rest == 0
+    assert r["params_non_embedding"] == 16 * per_layer + final_norm + 61_470 == 805_797_918
 
 
 def test_describe_keys_and_pythia_scale():

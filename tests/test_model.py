@@ -78,9 +78,10 @@ def test_a_leaky_shift_is_caught(topology, monkeypatch):
 
 
 def test_unit_resolution_is_plain_looping():
-    """g=1, w=0 iterations add no parameters and equal a hand-written loop exactly."""
-    for options in [dict(downsample="score", upsample="allocate"),
-                    dict(downsample="mean", upsample="repeat")]:
+    """g=1, w=0 iterations add no parameters and equal a hand-written loop exactly (the
+    residual topology; MeSH adds its routers)."""
+    for options in [dict(downsample="score", upsample="allocate", topology="residual"),
+                    dict(downsample="mean", upsample="repeat", topology="residual")]:
         looped = build_model(tiny("1+2x{1,1,1}+1", **options))
         plain = build_model(tiny("4", **options))
         assert sum(p.numel() for p in looped.parameters()) == \
@@ -133,6 +134,67 @@ def test_mesh_init_picks_slot_zero():
         b.load_state_dict(a.state_dict())
         with torch.no_grad():
             assert (not torch.equal(a(x), b(x))) == differ
+
+
+@pytest.mark.parametrize("spec", ["1+1x{1/4,1/2,1}+1", "2+1x{1/8@5,1}+1", "1+2x{1/2@1}+0",
+                                  "1+1x{1,1}+1", "0+1x{1/4}+1"])
+@pytest.mark.parametrize("topology", ["residual", "anchor", "mesh"])
+def test_pre_block_output_reaches_the_logits(spec, topology):
+    """Perturbing the pre block's output at one position p (float64, at init) changes the
+    logits at p or later, for every schedule: with MeSH's transitional cycle the token-level
+    pre-block state reaches the loop even when iteration 0 is coarse. The perturbation keeps
+    the chunk mean, the case the loop alone would miss."""
+    torch.manual_seed(0)
+    model = build_model(tiny(spec, topology=topology)).double().eval()
+    L, p = 16, 9
+    x = torch.randint(0, VOCAB, (1, L))
+    delta = torch.zeros(1, L, 32, dtype=torch.float64)
+    v = 1e-3 * torch.randn(32, dtype=torch.float64)  # not constant: LayerNorm would remove it
+    delta[0, p], delta[0, p ^ 1] = v, -v  # p and its pair-mate: the chunk mean is kept
+    last = model.pre[-1] if model.pre else model.wte
+    with torch.no_grad():
+        y = model(x)
+        handle = last.register_forward_hook(lambda m, i, out: out + delta)
+        y2 = model(x)
+        handle.remove()
+    moved = (y - y2).abs().amax(-1)[0]
+    assert moved[p:].max().item() > 1e-9
+    assert moved[:min(p, p ^ 1)].max().item() < 1e-12 if min(p, p ^ 1) else True
+
+
+def test_mesh_router_pairs_are_t_plus_one():
+    """MeSH has T + 1 router pairs (the transition, then one per iteration), B = T + 3 slots."""
+    model = build_model(tiny("1+2x{1/4,1/2,1}+1"))  # mesh is the default
+    assert model.cfg.topology == "mesh"
+    assert len(model.topology.write) == len(model.topology.read) == 4
+    assert model.topology.write[0].out_features == 6
+    plain = build_model(tiny("4"))
+    assert not list(plain.topology.parameters())  # no loop, no routers
+
+
+def test_mesh_table5_router_parameters():
+    """MeSH Table 5: the 1.4B `4+8R2+4` MeSH model (B = 5 slots) has 61,470 router
+    parameters: 3 pairs of d x B linear maps with biases."""
+    with torch.device("meta"):
+        model = build_model(ModelConfig.from_spec("4+8x{1,1}+4", "pythia-1.4b"))
+    assert sum(p.numel() for p in model.topology.parameters()) == 61_470
+    looped_residual = ModelConfig.from_spec("4+8x{1,1}+4", "pythia-1.4b", topology="residual")
+    with torch.device("meta"):
+        base = build_model(looped_residual)
+    extra = sum(p.numel() for p in model.parameters()) - sum(
+        p.numel() for p in base.parameters())
+    assert extra == 61_470
+
+
+def test_embed_scale_multiplies_the_embeddings():
+    x = torch.randint(0, VOCAB, (1, 7))
+    torch.manual_seed(0)
+    a = build_model(tiny("2", embed_scale=True))
+    b = build_model(tiny("2"))
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        b.wte.weight.mul_(32 ** 0.5)
+        torch.testing.assert_close(a(x), b(x))
 
 
 def test_plain_and_looped_share_one_class():

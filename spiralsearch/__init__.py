@@ -1,10 +1,53 @@
-"""spiralsearch: architecture search and scaling laws for looped, multi-resolution Transformers."""
+"""spiralsearch: architecture search and scaling laws for looped, multi-resolution Transformers.
 
-from spiralsearch.model import PRESETS, ConfigError, ModelConfig, build_model
-from spiralsearch.spec import Iteration, Spec, SpecError, parse_spec
+The public API, loaded on first use (so `spiralsearch --help` and the store do not pay for
+torch): the model generator (`parse_spec`, `ModelConfig`, `build_model`), counting
+(`describe`), one trial's config (`TrialConfig`), training (`train`), results (`load`,
+`query`) and scaling-law fits (`fit_power_law`, `fit_nd`, `frontier`, `compare`, `backtest`).
+"""
 
-__all__ = [
-    "PRESETS", "ConfigError", "Iteration", "ModelConfig", "Spec", "SpecError", "build_model",
-    "parse_spec",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+# public name -> module that owns it
+_API = {
+    "PRESETS": "spiralsearch.model", "ModelConfig": "spiralsearch.model",
+    "build_model": "spiralsearch.model", "ConfigError": "spiralsearch.fields",
+    "Iteration": "spiralsearch.spec", "Spec": "spiralsearch.spec",
+    "SpecError": "spiralsearch.spec", "parse_spec": "spiralsearch.spec",
+    "describe": "spiralsearch.flops", "count_params": "spiralsearch.flops",
+    "TrialConfig": "spiralsearch.config", "Budget": "spiralsearch.config",
+    "train": "spiralsearch.train", "load": "spiralsearch.store", "query": "spiralsearch.store",
+    "fit_power_law": "spiralsearch.scaling", "frontier": "spiralsearch.scaling",
+    "compare": "spiralsearch.scaling", "backtest": "spiralsearch.scaling",
+    "fit_nd": "spiralsearch.scaling_nd",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'spiralsearch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_API[name]), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs; nothing is imported at run time
+    from spiralsearch.config import Budget, TrialConfig  # noqa: F401
+    from spiralsearch.fields import ConfigError  # noqa: F401
+    from spiralsearch.flops import count_params, describe  # noqa: F401
+    from spiralsearch.model import PRESETS, ModelConfig, build_model  # noqa: F401
+    from spiralsearch.scaling import backtest, compare, fit_power_law, frontier  # noqa: F401
+    from spiralsearch.scaling_nd import fit_nd  # noqa: F401
+    from spiralsearch.spec import Iteration, Spec, SpecError, parse_spec  # noqa: F401
+    from spiralsearch.store import load, query  # noqa: F401
+    from spiralsearch.train import train  # noqa: F401

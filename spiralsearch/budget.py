@@ -12,51 +12,50 @@ more than 1% (or that gives less than one step) is refused with a `BudgetError`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
+from spiralsearch.config import BUDGET_KINDS, Budget, BudgetError
 from spiralsearch.flops import analytic_flops, count_params
 from spiralsearch.model import ModelConfig, build_model
 
-BUDGET_KINDS = ("flops", "tokens", "params")
+__all__ = ["BUDGET_KINDS", "TOLERANCE", "Budget", "BudgetError", "Plan", "non_embedding_params",
+           "plan", "solve_width", "train_flops_per_token"]
+
 TOLERANCE = 0.01  # relative miss allowed between achieved and target budget
-
-
-class BudgetError(ValueError):
-    """A budget that cannot be met (too small, too far off, or malformed)."""
-
-
-@dataclass(frozen=True)
-class Budget:
-    """`kind` in BUDGET_KINDS and its `value` (FLOPs, tokens or parameters). A `params`
-    budget also needs `tokens`, the training length."""
-
-    kind: str = "tokens"
-    value: float = 1e6
-    tokens: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in BUDGET_KINDS:
-            raise BudgetError(f"budget kind {self.kind!r} is not one of {', '.join(BUDGET_KINDS)}")
-        if not self.value > 0:
-            raise BudgetError(f"{self.kind} budget must be > 0, got {self.value}")
-        if self.kind == "params" and not (self.tokens or 0) > 0:
-            raise BudgetError("a params budget needs the training length too: budget tokens > 0")
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What a budget means for one model: steps to run and what they achieve."""
+    """What a budget means for one model: steps to run and what they achieve. `model` is
+    the config that trains (a params budget solves its width)."""
 
-    kind: str
-    target: float
-    achieved: float
+    budget: Budget
     steps: int
     tokens_per_step: int
     flops_per_token: float  # training FLOPs per token (3 x forward)
     params_non_embedding: int
     model: ModelConfig
+
+    @property
+    def kind(self) -> str:
+        return self.budget.kind
+
+    @property
+    def target(self) -> float:
+        return self.budget.value
+
+    @property
+    def achieved(self) -> float:
+        """The budget all planned steps achieve, in the budget's unit."""
+        return self.achieved_at(self.steps)
+
+    def achieved_at(self, step: int) -> float:
+        """The budget spent after `step` steps (FLOPs, tokens, or the parameter count)."""
+        tokens = step * self.tokens_per_step
+        return float({"flops": tokens * self.flops_per_token, "tokens": tokens,
+                      "params": self.params_non_embedding}[self.kind])
 
     @property
     def tokens(self) -> int:
@@ -67,9 +66,11 @@ class Plan:
         return self.tokens * self.flops_per_token
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["model"] = self.model.to_dict()
-        return d | dict(tokens=self.tokens, train_flops=self.train_flops)
+        """Plain form: the budget, steps, tokens, FLOPs and the model that trains."""
+        return dict(budget=self.budget.to_dict(), achieved=self.achieved, steps=self.steps,
+                    tokens_per_step=self.tokens_per_step, flops_per_token=self.flops_per_token,
+                    params_non_embedding=self.params_non_embedding, tokens=self.tokens,
+                    train_flops=self.train_flops, model=self.model.to_dict())
 
 
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
@@ -135,20 +136,15 @@ def plan(cfg: ModelConfig, budget: Budget, *, batch_size: int, seq_len: int) -> 
         raise BudgetError(f"{budget.kind} budget {budget.value:.4g} gives {exact_steps:.3g} "
                           f"steps of {tokens_per_step} tokens for spec {cfg.spec}: less than "
                           f"one step; raise the budget or shrink batch_size x seq_len")
-    if budget.kind == "flops":
-        target, achieved = budget.value, steps * tokens_per_step * fpt
-    elif budget.kind == "tokens":
-        target, achieved = budget.value, steps * tokens_per_step
-    else:
-        target, achieved = budget.value, n_params
+    p = Plan(budget, steps, tokens_per_step, fpt, n_params, cfg)
+    if budget.kind == "params":
         length_miss = abs(steps / exact_steps - 1)
         if length_miss > TOLERANCE:
             raise BudgetError(f"budget tokens {budget.tokens:.4g} gives {exact_steps:.3g} "
                               f"steps, {length_miss:.1%} off a whole step; allowed ±1%")
-    if abs(achieved / target - 1) > TOLERANCE:
-        raise BudgetError(f"{budget.kind} budget {target:.4g} for spec {cfg.spec}: whole "
-                          f"steps of {tokens_per_step} tokens give {achieved:.4g} {unit} "
-                          f"({achieved / target - 1:+.1%}); allowed ±1%: raise the budget "
+    if abs(p.achieved / p.target - 1) > TOLERANCE:
+        raise BudgetError(f"{budget.kind} budget {p.target:.4g} for spec {cfg.spec}: whole "
+                          f"steps of {tokens_per_step} tokens give {p.achieved:.4g} {unit} "
+                          f"({p.achieved / p.target - 1:+.1%}); allowed ±1%: raise the budget "
                           f"or shrink batch_size x seq_len")
-    return Plan(budget.kind, float(target), float(achieved), steps, tokens_per_step, fpt,
-                n_params, cfg)
+    return p

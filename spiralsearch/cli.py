@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(d)
     d.set_defaults(func=commands.cmd_describe)
 
-    from spiralsearch.train import DataConfig, OptimConfig
+    from spiralsearch.config import DataConfig, OptimConfig
 
     t = sub.add_parser("train", help="train one candidate to a matched budget",
                        description="Train one model to a FLOP, token or parameter budget. "

@@ -72,15 +72,17 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from spiralsearch.train import DataConfig, OptimConfig, TrainConfig, prepare, train
+    from spiralsearch.config import Budget, DataConfig, OptimConfig, TrialConfig
+    from spiralsearch.train import prepare, train
 
     kind, value = next((k, v) for k, v in (("flops", args.budget_flops),
                                            ("tokens", args.budget_tokens),
                                            ("params", args.budget_params)) if v is not None)
-    budget = dict(kind=kind, value=value) | ({"tokens": args.tokens} if args.tokens else {})
+    # built here, not from a dict, so a bad flag is named as a flag ("tokens budget ...")
+    budget = Budget(kind, value, args.tokens).to_dict()
     model = dict(spec=args.spec, preset=args.preset or "tiny") | model_options(args)
     data = dict(source=args.data) | _given(args, DataConfig)
-    config = TrainConfig.from_dict(dict(model=model, data=data, train=_given(args, OptimConfig),
+    config = TrialConfig.from_dict(dict(model=model, data=data, train=_given(args, OptimConfig),
                                         budget=budget))
     _, p = prepare(config)  # refuse bad data or budgets before anything is written
     print(f"{p.model.spec} ({p.model.spec.family}): {p.steps:,} steps x {p.tokens_per_step:,} "
@@ -90,9 +92,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         result = train(config, out_dir=out, progress=sys.stderr.isatty() or args.progress)
     except Exception as e:  # a crash mid-run is a failed trial, not a usage error
+        from spiralsearch.schema import Status
         from spiralsearch.train import write_summary
 
-        write_summary(out, dict(status="failed", error=f"{type(e).__name__}: {e}",
+        write_summary(out, dict(status=Status.FAILED.value, error=f"{type(e).__name__}: {e}",
                                 spec=str(p.model.spec), family=p.model.spec.family,
                                 config=config.to_dict()))
         raise
@@ -228,9 +231,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     import torch
 
-    from spiralsearch.data import load_dataset
+    from spiralsearch.config import TrialConfig
     from spiralsearch.model import build_model
     from spiralsearch.probes import attention_probes, dynamic_heads
+    from spiralsearch.train import load_data
 
     run = Path(args.run)
     summary = run / "summary.json"
@@ -238,13 +242,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if not summary.exists() or not ckpt.exists():
         raise FileNotFoundError(f"{run}: not a training run (needs summary.json and "
                                 f"checkpoints/last.pt from `spiralsearch train --out`)")
-    config = json.loads(summary.read_text())["config"]
-    model = build_model(ModelConfig(**config["model"]))
+    config = TrialConfig.from_dict(json.loads(summary.read_text())["config"])
+    model = build_model(config.model)
     model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
-    data = config["data"]
-    ds = load_dataset(args.data or data["source"], data["tokenizer"],
-                      val_fraction=data["val_fraction"])
-    seq_len = args.seq_len or data["seq_len"]
+    if args.data:  # another source: its own split, the run's tokenizer settings
+        config = config.replace(data=config.data.replace(source=args.data))
+    ds = load_data(config)  # the run's own split and tokenizer
+    seq_len = args.seq_len or config.data.seq_len
     x, _ = next(ds.val_batches(args.sequences, seq_len, 1))  # fixed held-out sequences
     df = attention_probes(model, x, window=args.window)
     dyn = {m: dynamic_heads(df, m, args.top) for m in ("entropy_norm", "lam")}

@@ -32,9 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +41,7 @@ import numpy as np
 import torch
 
 from spiralsearch import synthetic
+from spiralsearch.atomic import atomic_dir, atomic_write_text
 from spiralsearch.sources import (
     Corpus,
     DataError,
@@ -115,7 +114,7 @@ class BPETokenizer:
         return cls(Tokenizer.from_file(str(path)), vocab_size)
 
     def save(self, path: Path) -> None:
-        _atomic_write(path, self.tok.to_str().encode())
+        atomic_write_text(path, self.tok.to_str())
 
     def encode(self, texts: list[str]) -> np.ndarray:
         encs = self.tok.encode_batch(texts, add_special_tokens=False)
@@ -146,19 +145,6 @@ def _token_dtype(vocab_size: int) -> str:
 
 def _key(**parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder + os.replace: never a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _write_tokens(path: Path, ids: np.ndarray) -> None:
@@ -212,21 +198,12 @@ def _build(corpus: Corpus, source: str, tokenizer: str, val_fraction: float, see
                 bytes_per_token=len(val_text.encode("utf-8")) / len(ids["val"]),
                 optimal_loss=optimal, unigram_entropy=_unigram_entropy(ids["train"],
                                                                        tok.vocab_size))
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
-    try:
+    with atomic_dir(entry, marker="meta.json") as tmp:  # another process may win the race
         for s in SPLITS:
             _write_tokens(tmp / f"{s}.bin", ids[s].astype(dtype))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         if bpe is not None and not bpe.exists():  # before the entry, only valid with it
             tok.save(bpe)
-        try:
-            os.replace(tmp, entry)
-        except OSError:
-            if not (entry / "meta.json").exists():  # else another process won the race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --- datasets --------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spiralsearch import decode
+from spiralsearch.fields import ConfigError
 from spiralsearch.resample import COARSE_POSITIONS, DOWNSAMPLE, SHIFT, UPSAMPLE, Resampler
 from spiralsearch.spec import Spec, parse_spec
 from spiralsearch.topology import MESH_INIT, TOPOLOGIES, build_topology
@@ -37,10 +39,6 @@ PRESET_LAYERS = {"tiny": 4, "pythia-160m": 12, "pythia-410m": 24, "pythia-1b": 1
 
 CHOICES = {"topology": TOPOLOGIES, "mesh_init": MESH_INIT, "downsample": DOWNSAMPLE,
            "upsample": UPSAMPLE, "coarse_positions": COARSE_POSITIONS, "shift": SHIFT}
-
-
-class ConfigError(ValueError):
-    """A model configuration that cannot be built; the message names the bad option."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +161,18 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.proj(y.transpose(1, 2).reshape(B, L, d))
 
+    def forward_cached(self, x: torch.Tensor, rope, cache) -> torch.Tensor:
+        """`forward` for incremental decoding (spiralsearch.decode): the L new positions in x
+        (B, L, d) attend to the keys/values in `cache` and to themselves; `cache.update` stores
+        their k, v. L > 1 only into an empty cache (prefill), where the causal mask is right.
+        Probes are not called: they read whole-sequence maps, so run `forward` for them."""
+        B, L, d = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        k, v = cache.update(k, v)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=L > 1)
+        return self.proj(y.transpose(1, 2).reshape(B, L, d))
+
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -189,6 +199,14 @@ class Block(nn.Module):
         if self.parallel:
             return x + self.attn(self.ln1(x), rope) + self.mlp(self.ln2(x))
         x = x + self.attn(self.ln1(x), rope)
+        return x + self.mlp(self.ln2(x))
+
+    def forward_cached(self, x: torch.Tensor, rope, cache) -> torch.Tensor:
+        """`forward` with attention over a KV cache (see Attention.forward_cached)."""
+        a = self.attn.forward_cached(self.ln1(x), rope, cache)
+        if self.parallel:
+            return x + a + self.mlp(self.ln2(x))
+        x = x + a
         return x + self.mlp(self.ln2(x))
 
 
@@ -257,6 +275,14 @@ class SpiralFormer(nn.Module):
         for blk in self.post:
             h = blk(h, rope)
         return self.lm_head(self.ln_f(h))
+
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
+                 top_k: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Continue token ids idx (B, L) by max_new_tokens tokens: (B, L + max_new_tokens).
+        Greedy at temperature 0, else sampled from softmax(logits / temperature), top-k
+        filtered if given. Uses key/value caches at every resolution (spiralsearch.decode)."""
+        return decode.generate(self, idx, max_new_tokens, temperature, top_k, generator)
 
 
 @contextmanager

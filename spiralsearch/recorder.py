@@ -10,16 +10,10 @@ from collections import defaultdict
 
 from ray.tune import Callback
 
+from spiralsearch.config import TrialConfig
+from spiralsearch.schema import METRIC_KEYS, SUMMARY_KEYS, Status, pick
 from spiralsearch.space import Group, SearchSpace, resolve
-from spiralsearch.store import ResultsStore, config_hash
-
-# what a trial's results carry (see sweep.run_trial)
-FINAL_KEYS = ("status", "error", "family", "spec", "budget_kind", "budget_target",
-              "budget_achieved", "params_total", "params_non_embedding", "params_unrolled",
-              "flops_per_token", "final_val_loss", "best_val_loss", "final_val_bpb",
-              "wall_seconds")
-METRIC_KEYS = ("step", "tokens", "train_flops", "train_loss", "val_loss", "val_bpb", "lr",
-               "tokens_per_s", "wall_seconds")
+from spiralsearch.store import ResultsStore
 
 
 class StoreCallback(Callback):
@@ -39,39 +33,39 @@ class StoreCallback(Callback):
     def _group(self, trial) -> Group:
         return self.groups[trial.config["group"]]
 
-    def _config(self, trial) -> dict:
+    def _config(self, trial) -> TrialConfig:
         return resolve(self.space, self._group(trial), trial.config["params"])
 
     def _row(self, trial, **fields) -> dict:
         config = self._config(trial)
-        return dict(sweep=self.sweep, config=config, family=self._group(trial).family,
-                    spec=config["model"]["spec"]) | fields
+        return dict(sweep=self.sweep, trial_id=config.trial_id, config=config.to_dict(),
+                    family=self._group(trial).family, spec=str(config.model.spec)) | fields
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._trials.append(self._row(trial, status="running"))
+        self._trials.append(self._row(trial, status=Status.RUNNING.value))
         if self.view:
-            self.view.update(self._group(trial), config_hash(self._config(trial)), "running")
+            self.view.update(self._group(trial), self._config(trial).trial_id, "running")
         self._flush()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if result.get("status") == "running" and "step" in result:
+        if result.get("status") == Status.RUNNING and "step" in result:
             tid = result["config_hash"]
-            self._metrics[tid].append({k: result[k] for k in METRIC_KEYS if k in result})
+            self._metrics[tid].append(pick(result, METRIC_KEYS))
             self._best[tid] = min(self._best.get(tid, math.inf), result["val_loss"])
         if time.monotonic() - self._last_flush > self.flush_s:
             self._flush()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result or {}
-        status = r.get("status", "failed")
-        if status == "running":  # the scheduler (ASHA) stopped it early
-            status = "stopped"
-        fields = {k: r[k] for k in FINAL_KEYS if k in r and k not in ("family", "spec")}
-        if status == "stopped":
+        status = r.get("status", Status.FAILED.value)
+        if status == Status.RUNNING:  # the scheduler (ASHA) stopped it early
+            status = Status.STOPPED.value
+        fields = {k: v for k, v in pick(r, SUMMARY_KEYS).items() if k not in ("family", "spec")}
+        if status == Status.STOPPED:
             fields |= dict(final_val_loss=r.get("val_loss"), final_val_bpb=r.get("val_bpb"),
                            best_val_loss=self._best.get(r.get("config_hash"), math.nan))
-        if "step" in r and r.get("status") != "running" and not r.get("cached"):
-            self._metrics[r["config_hash"]].append({k: r[k] for k in METRIC_KEYS if k in r})
+        if "step" in r and r.get("status") != Status.RUNNING and not r.get("cached"):
+            self._metrics[r["config_hash"]].append(pick(r, METRIC_KEYS))
         self._trials.append(self._row(trial, **(fields | dict(status=status))))
         if self.view:
             self.view.update(self._group(trial), r.get("config_hash"), status,
@@ -84,9 +78,10 @@ class StoreCallback(Callback):
         except Exception:  # noqa: BLE001 — the message is a courtesy; the status is what counts
             error = None
         error = error or "the trial's process died (out of memory?)"
-        self._trials.append(self._row(trial, status="failed", error=str(error)[-2000:]))
+        self._trials.append(self._row(trial, status=Status.FAILED.value,
+                                      error=str(error)[-2000:]))
         if self.view:
-            self.view.update(self._group(trial), config_hash(self._config(trial)), "failed")
+            self.view.update(self._group(trial), self._config(trial).trial_id, "failed")
         self._flush(force=True)
 
     def on_experiment_end(self, trials, **info):
@@ -128,7 +123,7 @@ class LiveView:
             print()
 
     def update(self, group: Group, tid: str | None, status: str, loss: float | None = None):
-        key = (group.budget, group.family)
+        key = (group.budget.value, group.family)
         self.status[key][tid or f"?{len(self.status[key])}"] = status
         if loss is not None and math.isfinite(loss):
             self.best[key] = min(loss, self.best.get(key, math.inf))
@@ -142,10 +137,10 @@ class LiveView:
         for c in ("budget", "family", "done", "running", "failed/rejected", "best val loss"):
             t.add_column(c, justify="right")
         for g in self.space.groups():
-            st = list(self.status[(g.budget, g.family)].values())
+            st = list(self.status[(g.budget.value, g.family)].values())
             done = sum(s in ("complete", "stopped", "diverged") for s in st)
             bad = sum(s in ("failed", "rejected") for s in st)
-            best = self.best.get((g.budget, g.family))
-            t.add_row(f"{g.budget:.3g}", g.family, f"{done}/{g.n_samples(self.space)}",
+            best = self.best.get((g.budget.value, g.family))
+            t.add_row(f"{g.budget.value:.3g}", g.family, f"{done}/{g.n_samples(self.space)}",
                       str(st.count("running")), str(bad), "-" if best is None else f"{best:.4f}")
         return t

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from spiralsearch.atomic import atomic_write_text
 from spiralsearch.scaling import (
     PowerLawFit,
     backtest,
@@ -32,8 +33,11 @@ from spiralsearch.spec import parse_spec
 from spiralsearch.store import connect_readonly
 
 COLORS = {"plain": "#1f77b4", "looped": "#ff7f0e", "spiral": "#2ca02c"}
+# A trial's own summary says what it spent; a stopped or running one, its last metric row.
 _TRIALS_SQL = """
-    SELECT t.*, m.train_flops, m.tokens
+    SELECT t.* EXCLUDE (train_flops, tokens),
+           coalesce(t.train_flops, m.train_flops) AS train_flops,
+           coalesce(t.tokens, m.tokens) AS tokens
     FROM trials t LEFT JOIN (
         SELECT trial_id, max(train_flops) AS train_flops, max(tokens) AS tokens
         FROM metrics GROUP BY trial_id) m USING (trial_id)"""
@@ -248,11 +252,7 @@ def build_report(db: str | Path, out: str | Path | None = None, *, bootstrap: in
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>spiralsearch: "
             f"{html.escape(name)}</title><style>{_CSS}</style><script>"
             f"{plotly.offline.get_plotlyjs()}</script></head><body>{''.join(body)}</body></html>")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return atomic_write_text(out, page)
 
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}

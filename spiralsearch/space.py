@@ -25,30 +25,17 @@ from typing import Any
 
 import optuna
 
-from spiralsearch.budget import (
-    Budget,
-    BudgetError,
-    non_embedding_params,
-    plan,
-    train_flops_per_token,
-)
-from spiralsearch.model import ModelConfig
-from spiralsearch.sources import parse_source
+from spiralsearch.budget import BudgetError, non_embedding_params, plan, train_flops_per_token
+from spiralsearch.config import Budget, Config, DataConfig, OptimConfig, TrialConfig, resolve_model
+from spiralsearch.fields import FieldSpec, check_keys, check_value, opt
 from spiralsearch.spec import parse_spec
-from spiralsearch.train import DataConfig, OptimConfig
 from spiralsearch.validate import (
     FAMILIES,
-    MODEL_TYPES,
     SECTIONS,
-    UNITS,
     SpaceError,
     check_budget,
-    check_keys,
     check_model,
     check_section,
-    check_settings,
-    check_value,
-    field_types,
     read_yaml,
     to_optuna,
     values_of,
@@ -57,40 +44,46 @@ from spiralsearch.validate import (
 __all__ = ["Group", "Resources", "SearchSettings", "SearchSpace", "SpaceError",
            "check_candidates", "load_space", "make_sampler", "parse_space", "resolve"]
 
-
-@dataclass(frozen=True)
-class SearchSettings:
-    """How trials are proposed and stopped: samples_per_budget trials per group (per
-    (budget, family) with group_by family); grace_evals evaluations before ASHA may stop a
-    trial; max_concurrent trials at once (None: as many as resources allow)."""
-
-    metric: str = "val_loss"
-    mode: str = "min"
-    sampler: str = "tpe"
-    scheduler: str = "asha"
-    samples_per_budget: int = 8
-    group_by: str = "family"
-    seed: int = 0
-    max_concurrent: int | None = None
-    grace_evals: int = 2
+METRICS = ("val_loss", "best_val_loss", "final_val_bpb")
 
 
 @dataclass(frozen=True)
-class Resources:
+class SearchSettings(Config):
+    """How trials are proposed and stopped (the `search:` section)."""
+
+    metric: str = opt("val_loss", "what the search minimises (or maximises)", choices=METRICS)
+    mode: str = opt("min", "min or max", choices=("min", "max"))
+    sampler: str = opt("tpe", "Optuna sampler", choices=("tpe", "random", "grid", "cmaes"))
+    scheduler: str = opt("asha", "early stopping: ASHA, or none", choices=("asha", "none"))
+    samples_per_budget: int = opt(8, "trials per group (per (budget, family) with group_by "
+                                  "family)", check=lambda v: v >= 1, what=">= 1")
+    group_by: str = opt("family", "what competes: per family, or all together",
+                        choices=("family", "none"))
+    seed: int = opt(0, "sampler seed")
+    max_concurrent: int | None = opt(None, "trials at once (null: as resources allow)",
+                                     check=lambda v: v >= 1, what=">= 1")
+    grace_evals: int = opt(2, "evaluations before ASHA may stop a trial",
+                           check=lambda v: v >= 1, what=">= 1")
+
+
+@dataclass(frozen=True)
+class Resources(Config):
     """Per trial: CPU cores and GPUs (a fraction shares one GPU; more than 1, whole GPUs)."""
 
-    cpu: float = 1.0
-    gpu: float = 0.0
+    cpu: float = opt(1.0, "CPU cores per trial", check=lambda v: v > 0, what="> 0")
+    gpu: float = opt(0.0, "GPUs per trial (0.5: two trials share a GPU)",
+                     check=lambda v: v >= 0 and (v <= 1 or v == int(v)),
+                     what="a fraction in [0, 1] or a whole number of GPUs")
 
 
 # --- the space --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Group:
-    """Trials that compete: one budget value and one family ('all' when search.group_by is
-    none); `specs` are the group's canonical specs."""
+    """Trials that compete: one budget and one family ('all' when search.group_by is none);
+    `specs` are the group's canonical specs."""
 
-    budget: float
+    budget: Budget
     family: str
     specs: tuple[str, ...]
 
@@ -119,17 +112,14 @@ class Group:
 class SearchSpace:
     """A validated space: data, model and train hold plain values or distribution dicts
     ({"choice": [...]}, {"int": [lo, hi], "step", "log"}, {"uniform"|"loguniform": [lo, hi]}),
-    specs in canonical form. Budget values are FLOPs, tokens or non-embedding parameters;
-    budget_tokens is the training length of a params budget."""
+    specs in canonical form; `budgets`, one Budget per value of the YAML's budget section."""
 
     name: str
     yaml_text: str
     data: dict
     model: dict
     train: dict
-    budget_kind: str
-    budget_values: tuple[float, ...]
-    budget_tokens: float | None
+    budgets: tuple[Budget, ...]
     search: SearchSettings
     resources: Resources
     description: str = ""
@@ -145,11 +135,16 @@ class SearchSpace:
         """Families present, in the order plain, looped, spiral."""
         return [f for f in FAMILIES if f in {self.family_of(s) for s in self.specs}]
 
+    @property
+    def budget_kind(self) -> str:
+        return self.budgets[0].kind
+
     def groups(self) -> list[Group]:
+        """One group per (budget, family), budgets in YAML order."""
         if self.search.group_by == "none":
-            return [Group(b, "all", tuple(self.specs)) for b in self.budget_values]
+            return [Group(b, "all", tuple(self.specs)) for b in self.budgets]
         return [Group(b, f, tuple(s for s in self.specs if self.family_of(s) == f))
-                for b in self.budget_values for f in self.families()]
+                for b in self.budgets for f in self.families()]
 
 
 def _sections(space: SearchSpace):
@@ -171,38 +166,39 @@ def _cross_checks(space: SearchSpace) -> None:
     if space.search.sampler == "cmaes" and kinds and not numeric:
         raise SpaceError(f"search.sampler: cmaes samples numeric ranges, and every searched "
                          f"option ({', '.join(kinds)}) is a choice; use tpe, random or grid")
-    evals = space.train.get("evals", OptimConfig.evals)
+    evals = space.train.get("evals", OptimConfig().evals)
     if space.search.scheduler == "asha" and min(values_of(evals)) < space.search.grace_evals:
         raise SpaceError(f"search.grace_evals: {space.search.grace_evals} is more than "
                          f"train.evals ({min(values_of(evals))}): ASHA could stop nothing")
-    for src, tok in itertools.product(*(values_of(space.data.get(k, getattr(DataConfig, k)))
+    for src, tok in itertools.product(*(values_of(space.data.get(k, getattr(DataConfig(), k)))
                                         for k in ("source", "tokenizer"))):
         if src.startswith("tokens:") and tok != "bytes":
             raise SpaceError(f"data.tokenizer: {tok!r} does not apply to the pre-tokenized "
                              f"source {src!r}; leave it out (bytes)")
-    longest = max(values_of(space.data.get("seq_len", DataConfig.seq_len)))
+    longest = max(values_of(space.data.get("seq_len", DataConfig().seq_len)))
     shortest = min(values_of(space.model.get("max_seq_len", longest)))
     if shortest < longest:
         raise SpaceError(f"model.max_seq_len: {shortest} is shorter than data.seq_len "
                          f"({longest})")
 
 
+_TEXT = FieldSpec(str, False)
+
+
 def parse_space(text: str, source: str = "<string>") -> SearchSpace:
     """Validate a search space given as YAML text; SpaceError on any problem."""
     doc = read_yaml(text, source)
     check_keys("", doc, SECTIONS, required=("name", "model", "budget"))
-    name = check_value("name", "", doc["name"], (str, False))
+    name = check_value("name", doc["name"], _TEXT)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise SpaceError(f"name: {name!r} must match [A-Za-z0-9_.-]+")
-    kind, values, tokens = check_budget(doc["budget"])
     space = SearchSpace(
-        name=name, yaml_text=text, data=check_section("data", doc.get("data"), DataConfig),
-        model=check_model(doc["model"]),
-        train=check_section("train", doc.get("train"), OptimConfig),
-        budget_kind=kind, budget_values=values, budget_tokens=tokens,
-        search=check_settings("search", doc.get("search"), SearchSettings),
-        resources=check_settings("resources", doc.get("resources"), Resources),
-        description=check_value("description", "", doc.get("description", ""), (str, False)))
+        name=name, yaml_text=text, data=check_section("data", doc.get("data")),
+        model=check_model(doc["model"]), train=check_section("train", doc.get("train")),
+        budgets=check_budget(doc["budget"]),
+        search=SearchSettings.from_dict(doc.get("search"), "search"),
+        resources=Resources.from_dict(doc.get("resources"), "resources"),
+        description=check_value("description", doc.get("description", ""), _TEXT))
     _cross_checks(space)
     return space
 
@@ -216,30 +212,24 @@ def load_space(path: str | Path) -> SearchSpace:
     return parse_space(text, str(path))
 
 
-def resolve(space: SearchSpace, group: Group, params: dict[str, Any]) -> dict:
-    """Sampled flat params + the group's fixed values -> a nested trial config for
-    TrainConfig.from_dict: {"model", "data", "train", "budget": {kind, value, tokens}}."""
+def resolve(space: SearchSpace, group: Group, params: dict[str, Any]) -> TrialConfig:
+    """Sampled flat params + the group's fixed values -> the trial's TrialConfig."""
     dists = group.optuna_space(space)
     if set(params) != set(dists):
         raise SpaceError(f"resolve: params {sorted(params)} are not the searched keys "
-                         f"{sorted(dists)} of group ({group.budget:g}, {group.family})")
+                         f"{sorted(dists)} of group ({group.budget}, {group.family})")
     for k, v in params.items():
         try:
-            dists[k].to_internal_repr(v)
             inside = dists[k]._contains(dists[k].to_internal_repr(v))
         except ValueError:  # a choice that is not one
             inside = False
         if not inside:
             raise SpaceError(f"resolve: {k}={v!r} is outside {dists[k]}")
     out: dict[str, Any] = {"model": {}, "data": {}, "train": {}}
-    tps = {"model": MODEL_TYPES, "data": field_types(DataConfig), "train": field_types(OptimConfig)}
     for key, v in (group.fixed(space) | params).items():
         section, name = key.split(".", 1)
-        is_float = tps[section].get(name, (str,))[0] is float
-        out[section][name] = float(v) if is_float and v is not None else v  # int range
-    out["budget"] = {"kind": space.budget_kind, "value": group.budget,
-                     "tokens": space.budget_tokens}
-    return out
+        out[section][name] = v
+    return TrialConfig.from_dict(out | {"budget": group.budget.to_dict()})
 
 
 def make_sampler(settings: SearchSettings, seed: int | None = None,
@@ -275,28 +265,18 @@ def make_sampler(settings: SearchSettings, seed: int | None = None,
 
 # --- candidates vs budgets --------------------------------------------------------------------
 
-def _vocab(tokenizer: str, source: str, model_vocab: int) -> int:
-    """The data's vocabulary: 256 for bytes, N for bpe:N, vocab=N of a tokens: source, or
-    (a tokens: file without vocab=) the model's own."""
-    if tokenizer.startswith("bpe:"):
-        return int(tokenizer[4:])
-    src = parse_source(source)
-    return int(src.options.get("vocab", 0)) or model_vocab if src.kind == "tokens" else 256
-
-
 def _candidates(space: SearchSpace):
-    """(model options, seq_len, batch_size, ModelConfig) for every choice and endpoint."""
+    """(model options, seq_len, batch_size, ModelConfig) for every choice and endpoint,
+    each resolved as its trial will be (resolve_model)."""
     model = {k: values_of(v) for k, v in space.model.items() if k != "family"}
-    data = [values_of(space.data.get(k, getattr(DataConfig, k)))
+    data = [values_of(space.data.get(k, getattr(DataConfig(), k)))
             for k in ("seq_len", "tokenizer", "source")]
-    batch = values_of(space.train.get("batch_size", OptimConfig.batch_size))
+    batch = values_of(space.train.get("batch_size", OptimConfig().batch_size))
     for combo in itertools.product(*model.values()):
         opts = dict(zip(model, combo, strict=True))
         for seq_len, tok, src, bs in itertools.product(*data, batch):
-            o = {k: v for k, v in opts.items() if k not in ("spec", "preset")}
-            o.setdefault("max_seq_len", seq_len)  # as TrainConfig.model_config does
-            cfg = ModelConfig.from_spec(opts["spec"], opts.get("preset"), **o)
-            yield opts, seq_len, bs, cfg.replace(vocab_size=_vocab(tok, src, cfg.vocab_size))
+            cfg, _ = resolve_model(opts, DataConfig(source=src, tokenizer=tok, seq_len=seq_len))
+            yield opts, seq_len, bs, cfg
 
 
 def check_candidates(space: SearchSpace) -> list[dict]:
@@ -313,12 +293,11 @@ def check_candidates(space: SearchSpace) -> list[dict]:
                    seq_len=seq_len, batch_size=bs, vocab_size=cfg.vocab_size,
                    params_non_embedding=non_embedding_params(cfg),
                    flops_per_token=train_flops_per_token(cfg, seq_len), budgets=[])
-        for value in space.budget_values:
-            entry = dict(budget=value, status="ok", steps=None, tokens=None, train_flops=None,
-                         params_non_embedding=None, reason=None)
+        for budget in space.budgets:
+            entry = dict(budget=budget.value, status="ok", steps=None, tokens=None,
+                         train_flops=None, params_non_embedding=None, reason=None)
             try:
-                p = plan(cfg, Budget(space.budget_kind, value, space.budget_tokens),
-                         batch_size=bs, seq_len=seq_len)
+                p = plan(cfg, budget, batch_size=bs, seq_len=seq_len)
                 entry.update(steps=p.steps, tokens=p.tokens, train_flops=p.train_flops,
                              params_non_embedding=p.params_non_embedding)
             except BudgetError as e:
@@ -326,10 +305,10 @@ def check_candidates(space: SearchSpace) -> list[dict]:
             row["budgets"].append(entry)
         rows.append(row)
     for g in space.groups():
-        i = space.budget_values.index(g.budget)
+        i = space.budgets.index(g.budget)
         reasons = [r["budgets"][i]["reason"] for r in rows if r["spec"] in g.specs]
         if reasons and all(reasons):
-            what = f"{g.budget:.4g} {UNITS[space.budget_kind]}"
+            what = str(g.budget)
             fam = "" if g.family == "all" else f"{g.family!r} "
             why = ("gives less than one step" if all("less than one step" in r for r in reasons)
                    else "is refused")

@@ -27,7 +27,6 @@ Tables (see `_v1_create` for the exact DDL):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import random
 import time
@@ -38,6 +37,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
+
+from spiralsearch.identity import canonical_config, canonical_json, config_hash
+from spiralsearch.schema import MetricRow, Status, TrialSummary, sql_columns
 
 if TYPE_CHECKING:  # only load/query return DataFrames; the writer need not import pandas
     import pandas as pd
@@ -59,46 +61,18 @@ __all__ = [
     "store_path",
 ]
 
-# "stopped": ended early by the scheduler (ASHA), which the sweep driver reports.
-TRIAL_STATUSES = ("pending", "running", "complete", "stopped", "diverged", "failed",
-                  "rejected")
+TRIAL_STATUSES = tuple(s.value for s in Status)
 SWEEP_STATUSES = ("running", "complete", "failed", "interrupted")
 
-# Fixed trial columns. Config leaves get columns of their own, added on demand.
+# The columns come from the result schema (spiralsearch.schema); config leaves get columns
+# of their own, added on demand.
 TRIAL_COLUMNS: dict[str, str] = {
-    "trial_id": "VARCHAR PRIMARY KEY",
-    "sweep": "VARCHAR",
-    "family": "VARCHAR",
-    "spec": "VARCHAR",
-    "status": "VARCHAR",
-    "error": "VARCHAR",
-    "budget_kind": "VARCHAR",  # tokens | flops | seconds
-    "budget_target": "DOUBLE",  # in budget_kind units
-    "budget_achieved": "DOUBLE",
-    "params_total": "BIGINT",
-    "params_non_embedding": "BIGINT",
-    "params_unrolled": "BIGINT",  # counting each loop iteration's use of the shared core
-    "flops_per_token": "DOUBLE",
-    "final_val_loss": "DOUBLE",  # nats/token
-    "best_val_loss": "DOUBLE",
-    "final_val_bpb": "DOUBLE",  # bits/byte
-    "wall_seconds": "DOUBLE",
+    "trial_id": "VARCHAR PRIMARY KEY", "sweep": "VARCHAR", **sql_columns(TrialSummary),
     "config": "JSON",  # the canonical config that trial_id hashes
     "updated_at": "TIMESTAMP",  # UTC
 }
-
-METRIC_COLUMNS: dict[str, str] = {
-    "trial_id": "VARCHAR NOT NULL",
-    "step": "BIGINT NOT NULL",
-    "tokens": "BIGINT",  # training tokens seen so far
-    "train_flops": "DOUBLE",  # training FLOPs so far (can exceed int64)
-    "train_loss": "DOUBLE",  # nats/token
-    "val_loss": "DOUBLE",
-    "val_bpb": "DOUBLE",  # bits/byte
-    "lr": "DOUBLE",
-    "tokens_per_s": "DOUBLE",
-    "wall_seconds": "DOUBLE",  # since the trial started
-}
+METRIC_COLUMNS: dict[str, str] = {"trial_id": "VARCHAR NOT NULL",
+                                  **sql_columns(MetricRow)} | {"step": "BIGINT NOT NULL"}
 
 # Config leaves may not land on these: they are owned by the store.
 _RESERVED = {"trial_id", "config", "updated_at"}
@@ -114,29 +88,6 @@ class StoreBusy(StoreError, TimeoutError):
 
 # --------------------------------------------------------------------------------------
 # configs
-
-
-def _canonical(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Round-trip through JSON so that hashing, flattening and storage see the same plain
-    Python values (tuples -> lists, numpy scalars -> Python scalars, int keys -> str)."""
-
-    def default(o: Any) -> Any:
-        if hasattr(o, "item"):  # numpy scalar, 0-d array, torch scalar
-            return o.item()
-        raise TypeError(f"config value {o!r} of type {type(o).__name__} is not JSON")
-
-    return json.loads(json.dumps(config, default=default, allow_nan=False))
-
-
-def _canonical_json(config: Mapping[str, Any]) -> str:
-    return json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
-def config_hash(config: Mapping[str, Any], n_hex: int = 16) -> str:
-    """Stable id of a resolved config: sha256 of its canonical JSON (sorted keys, no
-    whitespace), first `n_hex` hex digits. Note 1 and 1.0 hash differently."""
-    text = _canonical_json(_canonical(config))
-    return hashlib.sha256(text.encode()).hexdigest()[:n_hex]
 
 
 def flatten_config(config: Mapping[str, Any], sep: str = "_") -> dict[str, Any]:
@@ -196,7 +147,7 @@ def _adapt(v: Any, sql_type: str) -> Any:
     if sql_type == "JSON" or (sql_type == "VARCHAR" and not isinstance(v, str)):
         # Canonical text, so the stored config hashes to its trial_id; True -> 'true',
         # like DuckDB's own BOOLEAN -> VARCHAR cast.
-        return _canonical_json(v)
+        return canonical_json(v)
     return v
 
 
@@ -219,16 +170,35 @@ def _v1_create(con: duckdb.DuckDBPyConnection) -> None:
         CREATE TABLE sweeps (
             name VARCHAR PRIMARY KEY, yaml TEXT, started_at TIMESTAMP, ended_at TIMESTAMP,
             git_revision VARCHAR, versions JSON, status VARCHAR)""")
-    cols = ", ".join(f"{k} {t}" for k, t in TRIAL_COLUMNS.items())
-    con.execute(f"CREATE TABLE trials ({cols})")
-    cols = ", ".join(f"{k} {t}" for k, t in METRIC_COLUMNS.items())
-    con.execute(f"CREATE TABLE metrics ({cols}, PRIMARY KEY (trial_id, step))")
+    con.execute("""
+        CREATE TABLE trials (
+            trial_id VARCHAR PRIMARY KEY, sweep VARCHAR, family VARCHAR, spec VARCHAR,
+            status VARCHAR, error VARCHAR, budget_kind VARCHAR, budget_target DOUBLE,
+            budget_achieved DOUBLE, params_total BIGINT, params_non_embedding BIGINT,
+            params_unrolled BIGINT, flops_per_token DOUBLE, final_val_loss DOUBLE,
+            best_val_loss DOUBLE, final_val_bpb DOUBLE, wall_seconds DOUBLE, config JSON,
+            updated_at TIMESTAMP)""")
+    con.execute("""
+        CREATE TABLE metrics (
+            trial_id VARCHAR NOT NULL, step BIGINT NOT NULL, tokens BIGINT, train_flops DOUBLE,
+            train_loss DOUBLE, val_loss DOUBLE, val_bpb DOUBLE, lr DOUBLE,
+            tokens_per_s DOUBLE, wall_seconds DOUBLE, PRIMARY KEY (trial_id, step))""")
+
+
+def _v2_summary_columns(con: duckdb.DuckDBPyConnection) -> None:
+    """The whole TrialSummary in `trials`: steps, tokens and FLOPs run, and the data's
+    reference losses."""
+    for name, sql in (("steps", "BIGINT"), ("tokens", "BIGINT"), ("train_flops", "DOUBLE"),
+                      ("unigram_entropy", "DOUBLE"), ("optimal_loss", "DOUBLE")):
+        con.execute(f"ALTER TABLE trials ADD COLUMN IF NOT EXISTS {name} {sql}")
 
 
 # MIGRATIONS[i] takes a file from schema version i to i + 1, inside the write transaction.
-# To change the schema, append a function (e.g. `ALTER TABLE ... ADD COLUMN IF NOT EXISTS`)
-# and update the fixed-column dicts above; never edit a migration that has shipped.
-MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [_v1_create]
+# To change the schema, change spiralsearch.schema and append a function here that brings
+# older files to it (e.g. `ALTER TABLE ... ADD COLUMN IF NOT EXISTS`); never edit a
+# migration that has shipped. A test holds the migrated columns equal to the schema's.
+MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [_v1_create,
+                                                                  _v2_summary_columns]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -352,7 +322,7 @@ def _prepare_trial(row: Mapping[str, Any]) -> dict[str, Any]:
     status = row.get("status")
     if status is not None and status not in TRIAL_STATUSES:
         raise ValueError(f"trial status {status!r} not in {TRIAL_STATUSES}")
-    config = _canonical(row["config"])
+    config = canonical_config(row["config"])
     tid = config_hash(config)
     if row.get("trial_id", tid) != tid:
         raise ValueError(f"trial_id {row['trial_id']!r} != config_hash(config) {tid!r}")

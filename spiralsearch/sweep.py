@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-from spiralsearch.recorder import FINAL_KEYS, METRIC_KEYS, LiveView, StoreCallback
+from spiralsearch.recorder import LiveView, StoreCallback
+from spiralsearch.schema import FINAL_STATUSES, METRIC_KEYS, SUMMARY_KEYS, Status, pick
 from spiralsearch.space import (
     Group,
     SearchSpace,
@@ -32,7 +33,7 @@ from spiralsearch.space import (
     make_sampler,
     resolve,
 )
-from spiralsearch.store import ResultsStore, config_hash, load, store_path
+from spiralsearch.store import ResultsStore, load, store_path
 
 OBJECTIVE = "objective"  # the search metric, in every report (Optuna and ASHA read it)
 
@@ -61,13 +62,13 @@ def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dic
         report = tune.report
     group = groups[trial["group"]]
     config = resolve(space, group, trial["params"])
-    tid = config_hash(config)
+    tid = config.trial_id
     # Ray stamps its own `trial_id` on every result, so ours travels as `config_hash`.
-    base = dict(config_hash=tid, family=group.family, budget_target=group.budget)
+    base = dict(config_hash=tid, family=group.family, budget_target=group.budget.value)
     if tid in done:  # complete in an earlier run of this sweep
         report(base | done[tid] | {"cached": True})
         return
-    from spiralsearch.train import TrainConfig, prepare, train
+    from spiralsearch.train import prepare, train
 
     nan = math.nan
     failed = {OBJECTIVE: nan, "val_loss": nan, "final_val_loss": nan, "best_val_loss": nan,
@@ -76,12 +77,12 @@ def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dic
         # Threads and device follow the trial's resources (not part of its identity); an
         # explicit device in the space wins.
         run = dict(threads=max(1, int(space.resources.cpu)))
-        if config["train"].get("device", "auto") == "auto":
+        if config.train.device == "auto":
             run["device"] = "cuda" if space.resources.gpu > 0 else "cpu"
-        cfg = TrainConfig.from_dict(config | {"train": config["train"] | run})
+        cfg = config.replace(train=config.train.replace(**run))
         _, plan = prepare(cfg)
     except ValueError as e:  # refused before training (budget, data)
-        report(base | failed | dict(status="rejected", error=str(e)))
+        report(base | failed | dict(status=Status.REJECTED.value, error=str(e)))
         return
     # known before training, so even a trial ASHA stops early has them in the store
     base |= dict(params_non_embedding=plan.params_non_embedding,
@@ -92,20 +93,20 @@ def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dic
 
     def on_eval(row: dict) -> None:
         best[0] = min(best[0], row["val_loss"])
-        report(base | dict(status="running") | row
+        report(base | dict(status=Status.RUNNING.value) | row
                | {OBJECTIVE: objective(space.search.metric, row, best[0])})
 
     try:
         result = train(cfg, out_dir=out, callback=on_eval)
     except Exception as e:  # noqa: BLE001 — any crash is this trial's failure, not the sweep's
-        report(base | failed | dict(status="failed", error=f"{type(e).__name__}: {e}"))
+        report(base | failed | dict(status=Status.FAILED.value,
+                                    error=f"{type(e).__name__}: {e}"))
         return
     s = result.summary
-    final = {k: s[k] for k in FINAL_KEYS if k in s}
     last = result.metrics[-1] if result.metrics else {}
-    report(base | {k: last[k] for k in METRIC_KEYS if k in last} | final
+    report(base | pick(last, METRIC_KEYS) | pick(s, SUMMARY_KEYS)
            | {OBJECTIVE: objective(space.search.metric, last, s["best_val_loss"])})
-    if s["status"] == "complete":
+    if s["status"] == Status.COMPLETE:
         shutil.rmtree(out, ignore_errors=True)  # the store keeps what matters
 
 
@@ -153,7 +154,6 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
 
 _STORED_METRIC = {"val_loss": "final_val_loss", "best_val_loss": "best_val_loss",
                   "final_val_bpb": "final_val_bpb"}  # search metric -> trials column
-FINAL_STATUSES = ("complete", "stopped", "diverged", "failed", "rejected")
 
 
 @dataclass
@@ -174,13 +174,13 @@ class Previous:
         for r in df[df["sweep"] == space.name].to_dict("records") if len(df) else []:
             config = r["config"] if isinstance(r["config"], dict) else json.loads(r["config"])
             g = next((i for i, grp in enumerate(groups) if grp.family == r["family"]
-                      and grp.budget == config["budget"]["value"]), None)
+                      and grp.budget.to_dict() == config["budget"]), None)
             if g is None:  # the YAML changed since: not part of this sweep's groups now
                 continue
             params = _params(config, groups[g].optuna_space(space))
             status = r["status"]
-            if status == "complete":
-                result = {k: r[k] for k in FINAL_KEYS if k in r}
+            if status == Status.COMPLETE:
+                result = pick(r, SUMMARY_KEYS)
                 result[OBJECTIVE] = r[_STORED_METRIC[space.search.metric]]
                 prev.done[r["trial_id"]] = result
                 prev.evaluated.setdefault(g, []).append((params, result[OBJECTIVE]))
@@ -245,7 +245,7 @@ class KnownTrials:
         self.space, self.groups, self.done = space, groups, done
 
     def __call__(self, g: int, params: dict) -> dict | None:
-        return self.done.get(config_hash(resolve(self.space, self.groups[g], params)))
+        return self.done.get(resolve(self.space, self.groups[g], params).trial_id)
 
 
 def _run_all(space: SearchSpace, *, store: ResultsStore, prev: Previous, checkpoints: Path,
@@ -335,7 +335,7 @@ def run_sweep(space: SearchSpace | str | Path, *, results: str | Path | None = N
         with LiveView(space, enabled=progress) as view:
             for tid, r in prev.done.items():
                 group = next(g for g in space.groups() if g.family == r["family"]
-                             and g.budget == r["budget_target"])
+                             and g.budget.value == r["budget_target"])
                 view.update(group, tid, "complete", r.get("final_val_loss"))
             _run_all(space, store=store, prev=prev, checkpoints=work / "checkpoints",
                      storage=work / "ray", max_concurrent=max_concurrent, view=view,
@@ -374,12 +374,12 @@ def _prepare_data(space: SearchSpace) -> None:
     build the same cache."""
     import itertools
 
+    from spiralsearch.config import DataConfig
     from spiralsearch.data import load_dataset
-    from spiralsearch.train import DataConfig
     from spiralsearch.validate import values_of
 
     keys = ("source", "tokenizer", "val_fraction", "split_seed")
-    options = [values_of(space.data.get(k, getattr(DataConfig, k))) for k in keys]
+    options = [values_of(space.data.get(k, getattr(DataConfig(), k))) for k in keys]
     for source, tokenizer, val_fraction, seed in itertools.product(*options):
         load_dataset(source, tokenizer, val_fraction=val_fraction, seed=seed)
 

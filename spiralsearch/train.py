@@ -1,6 +1,6 @@
 """Train one candidate to a matched budget (DESIGN.md §3).
 
-    result = train(TrainConfig.from_dict({"model": {"spec": "1+2x{1/4,1}+1", "preset": "tiny"},
+    result = train(TrialConfig.from_dict({"model": {"spec": "1+2x{1/4,1}+1", "preset": "tiny"},
                                           "budget": {"kind": "flops", "value": 3e12}}))
 
 AdamW (β 0.9/0.95), linear warmup then cosine decay to 10% of peak, gradient clipping, seeded
@@ -13,95 +13,22 @@ rerun resumes from the last one and continues exactly.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from spiralsearch.budget import Budget, Plan, plan
-from spiralsearch.data import Dataset, load_dataset
+from spiralsearch.atomic import atomic_save, atomic_write_json
+from spiralsearch.budget import Plan, plan
+from spiralsearch.config import OptimConfig, TrialConfig
+from spiralsearch.data import DataError, Dataset, load_dataset
 from spiralsearch.flops import count_params
-from spiralsearch.model import ModelConfig, build_model
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where tokens come from (see spiralsearch.data) and the training context (tokens)."""
-
-    source: str = "corpus:sotu"
-    tokenizer: str = "bytes"
-    seq_len: int = 256
-    val_fraction: float = 0.1
-    split_seed: int = 0  # picks the validation documents; apart from the training seed, so
-    # trials with different seeds are scored on the same validation data
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """The `train:` section: optimiser, schedule, evaluation and run settings."""
-
-    lr: float = 1e-3
-    batch_size: int = 16
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    warmup_frac: float = 0.05  # share of steps in linear warmup
-    min_lr_frac: float = 0.1  # cosine decays to this share of lr
-    grad_clip: float = 1.0
-    evals: int = 10  # evaluations (and checkpoints) over the run, the last at the end
-    eval_batches: int = 8
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int = 0  # torch CPU threads; 0 leaves torch's default
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """A whole trial: `model` (spec, preset and model options), data, train and budget."""
-
-    model: dict = field(default_factory=lambda: {"spec": "4", "preset": "tiny"})
-    data: DataConfig = DataConfig()
-    train: OptimConfig = OptimConfig()
-    budget: Budget = Budget()
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        """From nested dicts (YAML / JSON); unknown keys raise ValueError naming them."""
-        unknown = set(d) - {"model", "data", "train", "budget"}
-        if unknown:
-            raise ValueError(f"unknown config section(s): {', '.join(sorted(unknown))}")
-        return cls(model=dict(d.get("model", {"spec": "4", "preset": "tiny"})),
-                   data=_section(DataConfig, d.get("data", {}), "data"),
-                   train=_section(OptimConfig, d.get("train", {}), "train"),
-                   budget=_section(Budget, d.get("budget", {}), "budget"))
-
-    def to_dict(self) -> dict:
-        return dict(model=dict(self.model), data=dataclasses.asdict(self.data),
-                    train=dataclasses.asdict(self.train), budget=dataclasses.asdict(self.budget))
-
-    def model_config(self, vocab_size: int | None = None) -> ModelConfig:
-        """The ModelConfig; the data's vocabulary wins over the preset's."""
-        opts = dict(self.model)
-        spec, preset = opts.pop("spec", "4"), opts.pop("preset", None)
-        opts.setdefault("max_seq_len", self.data.seq_len)
-        if vocab_size is not None:
-            opts["vocab_size"] = vocab_size
-        return ModelConfig.from_spec(spec, preset, **opts)
-
-
-def _section(cls, values: dict, name: str):
-    allowed = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - allowed
-    if unknown:
-        raise ValueError(f"unknown {name} option(s) {', '.join(sorted(unknown))}; "
-                         f"allowed: {', '.join(sorted(allowed))}")
-    return cls(**values)
+from spiralsearch.model import build_model
+from spiralsearch.schema import MetricRow, Status, TrialSummary
 
 
 @dataclass
@@ -144,7 +71,7 @@ def _optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, ds: Dataset, cfg: TrainConfig, device: torch.device
+def evaluate(model: torch.nn.Module, ds: Dataset, cfg: TrialConfig, device: torch.device
              ) -> float:
     """Mean validation loss (nats/token) over the fixed validation slice."""
     model.eval()
@@ -169,25 +96,35 @@ def _checkpoint_path(out_dir: Path | None) -> Path | None:
 def _save_checkpoint(path: Path, model, opt, step: int, metrics: list, wall: float) -> None:
     """Model, optimiser, step (the data position: batches are a function of it), RNG and the
     metrics so far; written to a temp file and renamed, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = dict(model=model.state_dict(), optimizer=opt.state_dict(), step=step,
                  metrics=metrics, wall_seconds=wall, rng=torch.get_rng_state())
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_save(state, path)
 
 
-def prepare(config: TrainConfig) -> tuple[Dataset, Plan]:
+def load_data(config: TrialConfig) -> Dataset:
+    """The trial's dataset: its source, tokenizer and split, exactly as training saw them
+    (probes and reruns ask here, so they score the run's own held-out documents)."""
+    d = config.data
+    ds = load_dataset(d.source, d.tokenizer, val_fraction=d.val_fraction, seed=d.split_seed)
+    if ds.vocab_size > config.model.vocab_size:
+        raise DataError(f"{d.source}: {ds.vocab_size} token ids but the model's vocabulary "
+                        f"is {config.model.vocab_size}; set model.vocab_size")
+    return ds
+
+
+def plan_trial(config: TrialConfig) -> Plan:
+    """The trial's budget plan (steps, tokens, FLOPs); BudgetError if it cannot be met."""
+    return plan(config.model, config.budget, batch_size=config.train.batch_size,
+                seq_len=config.data.seq_len)
+
+
+def prepare(config: TrialConfig) -> tuple[Dataset, Plan]:
     """Load the data and plan the budget: everything that can refuse a trial before it
     trains (bad source, budget below one step or more than 1% off)."""
-    ds = load_dataset(config.data.source, config.data.tokenizer,
-                      val_fraction=config.data.val_fraction, seed=config.data.split_seed)
-    cfg = config.model_config(ds.vocab_size)
-    return ds, plan(cfg, config.budget, batch_size=config.train.batch_size,
-                    seq_len=config.data.seq_len)
+    return load_data(config), plan_trial(config)
 
 
-def train(config: TrainConfig | dict, *, out_dir: str | Path | None = None,
+def train(config: TrialConfig | dict, *, out_dir: str | Path | None = None,
           callback: Callable[[dict], None] | None = None, progress: bool = False
           ) -> TrainResult:
     """Train one candidate until its budget is spent; returns summary and metrics.
@@ -198,7 +135,7 @@ def train(config: TrainConfig | dict, *, out_dir: str | Path | None = None,
     from out_dir/checkpoints/last.pt when present and writes out_dir/summary.json.
     """
     if isinstance(config, dict):
-        config = TrainConfig.from_dict(config)
+        config = TrialConfig.from_dict(config)
     out = Path(out_dir) if out_dir is not None else None
     ds, p = prepare(config)
     oc = config.train
@@ -218,7 +155,7 @@ def train(config: TrainConfig | dict, *, out_dir: str | Path | None = None,
         torch.set_rng_state(state["rng"])
         step, metrics, wall_before = state["step"], state["metrics"], state["wall_seconds"]
     bar = _ProgressBar(p) if progress else None
-    status, error = "complete", None
+    status, error = Status.COMPLETE, None
     t_start, t_last, loss_sum, loss_n = time.perf_counter(), time.perf_counter(), 0.0, 0
     tokens_last = step * p.tokens_per_step
     model.train()
@@ -233,7 +170,7 @@ def train(config: TrainConfig | dict, *, out_dir: str | Path | None = None,
         loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         loss_value = loss.item()  # the step's one host sync, also the divergence check
         if not math.isfinite(loss_value):
-            status, error = "diverged", f"non-finite training loss at step {step}"
+            status, error = Status.DIVERGED, f"non-finite training loss at step {step}"
         else:
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -241,25 +178,26 @@ def train(config: TrainConfig | dict, *, out_dir: str | Path | None = None,
             opt.step()
             step += 1
             loss_sum, loss_n = loss_sum + loss_value, loss_n + 1
-        if status == "diverged" or step in evals:
+        if status == Status.DIVERGED or step in evals:
             now = time.perf_counter()
-            val = evaluate(model, ds, config, device) if status == "complete" else math.nan
-            row = dict(step=step, tokens=step * p.tokens_per_step,
-                       train_flops=step * p.tokens_per_step * p.flops_per_token,
-                       train_loss=loss_sum / loss_n if loss_n else math.nan,
-                       val_loss=val, val_bpb=ds.bits_per_byte(val), lr=lr,
-                       tokens_per_s=(step * p.tokens_per_step - tokens_last) / (now - t_last),
-                       wall_seconds=wall_before + now - t_start)
+            val = evaluate(model, ds, config, device) if status == Status.COMPLETE else math.nan
+            row = dataclasses.asdict(MetricRow(
+                step=step, tokens=step * p.tokens_per_step,
+                train_flops=step * p.tokens_per_step * p.flops_per_token,
+                train_loss=loss_sum / loss_n if loss_n else math.nan,
+                val_loss=val, val_bpb=ds.bits_per_byte(val), lr=lr,
+                tokens_per_s=(step * p.tokens_per_step - tokens_last) / (now - t_last),
+                wall_seconds=wall_before + now - t_start))
             metrics.append(row)
-            if ckpt is not None and status == "complete":
+            if ckpt is not None and status == Status.COMPLETE:
                 _save_checkpoint(ckpt, model, opt, step, metrics, row["wall_seconds"])
             if callback is not None:
                 callback(dict(row))
             # tokens/s counts training only: the next interval starts after this evaluation
             t_last, tokens_last, loss_sum, loss_n = (time.perf_counter(),
                                                      step * p.tokens_per_step, 0.0, 0)
-            if status == "diverged" or not math.isfinite(val):
-                status = "diverged"
+            if status == Status.DIVERGED or not math.isfinite(val):
+                status = Status.DIVERGED
                 error = error or f"non-finite validation loss at step {step}"
                 break
         if bar is not None:
@@ -272,34 +210,36 @@ def train(config: TrainConfig | dict, *, out_dir: str | Path | None = None,
     return result
 
 
-def _summary(config: TrainConfig, p: Plan, ds: Dataset, model, status: str, error, step: int,
+def _summary(config: TrialConfig, p: Plan, ds: Dataset, model, status: str, error, step: int,
              metrics: list[dict]) -> dict[str, Any]:
+    """The TrialSummary of a run (plus its `config`), as summary.json holds it."""
     params = count_params(model)
     vals = [m["val_loss"] for m in metrics if math.isfinite(m["val_loss"])]
     last = metrics[-1] if metrics else {}
     tokens = step * p.tokens_per_step
-    achieved = {"flops": tokens * p.flops_per_token, "tokens": tokens,
-                "params": params["non_embedding"]}[p.kind]
-    return dict(
-        status=status, error=error, spec=str(p.model.spec), family=p.model.spec.family,
-        budget_kind=p.kind, budget_target=p.target, budget_achieved=float(achieved),
+    summary = TrialSummary(
+        status=str(status), error=error, spec=str(p.model.spec), family=p.model.spec.family,
+        budget_kind=p.kind, budget_target=p.target, budget_achieved=p.achieved_at(step),
         steps=step, tokens=tokens, train_flops=tokens * p.flops_per_token,
         flops_per_token=p.flops_per_token, final_val_loss=last.get("val_loss", math.nan),
         final_val_bpb=last.get("val_bpb", math.nan),
         best_val_loss=min(vals) if vals else math.nan, params_total=params["total"],
         params_non_embedding=params["non_embedding"], params_unrolled=params["unrolled"],
         wall_seconds=last.get("wall_seconds", 0.0), unigram_entropy=ds.unigram_entropy,
-        optimal_loss=ds.optimal_loss, config=config.to_dict() | {"model": p.model.to_dict()})
+        optimal_loss=ds.optimal_loss)
+    return dataclasses.asdict(summary) | dict(config=_trained(config, p).to_dict())
+
+
+def _trained(config: TrialConfig, p: Plan) -> TrialConfig:
+    """The config of the model that trained: a params budget solves its width."""
+    return config.replace(model=p.model)
 
 
 def write_summary(out_dir: Path, summary: dict) -> Path:
     """Write summary.json (NaN as null, so any JSON reader takes it)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "summary.json"
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
              for k, v in summary.items()}
-    path.write_text(json.dumps(clean, indent=2) + "\n")
-    return path
+    return atomic_write_json(out_dir / "summary.json", clean)
 
 
 class _ProgressBar:

@@ -7,55 +7,42 @@ the bad value, what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
 import math
 import re
-import types
-import typing
 from typing import Any
 
 import optuna
 import yaml
 
-from spiralsearch.budget import BUDGET_KINDS
-from spiralsearch.model import CHOICES, PRESETS, ConfigError, ModelConfig
-from spiralsearch.sources import DataError, parse_source
+from spiralsearch.config import Budget, DataConfig, OptimConfig, resolve_model
+from spiralsearch.fields import (
+    TYPE_WORDS,
+    ConfigError,
+    FieldSpec,
+    check_keys,
+    check_value,
+    field_specs,
+)
+from spiralsearch.model import CHOICES, PRESETS, ModelConfig
 from spiralsearch.spec import SpecError, parse_spec
 
 SECTIONS = ("name", "description", "data", "model", "train", "budget", "search", "resources")
 DISTRIBUTIONS = ("choice", "int", "uniform", "loguniform")
 FAMILIES = ("plain", "looped", "spiral")
-ENUMS = {"search.metric": ("val_loss", "best_val_loss", "final_val_bpb"),
-         "search.mode": ("min", "max"), "search.sampler": ("tpe", "random", "grid", "cmaes"),
-         "search.scheduler": ("asha", "none"), "search.group_by": ("family", "none"),
-         "budget.kind": BUDGET_KINDS, "model.family": FAMILIES, "model.preset": tuple(PRESETS),
-         **{f"model.{k}": v for k, v in CHOICES.items()}}
-_GT0, _GE1 = (lambda v: v > 0, "> 0"), (lambda v: v >= 1, ">= 1")
-_GE0, _UNIT = (lambda v: v >= 0, ">= 0"), (lambda v: 0 <= v <= 1, "a value in [0, 1]")
-_BETA = (lambda v: 0 <= v < 1, "a value in [0, 1)")
-# Domain checks beyond the type, by flat key (model options are checked by ModelConfig).
-DOMAIN = {
-    "data.seq_len": _GE1, "data.val_fraction": (lambda v: 0 < v < 1, "a value in (0, 1)"),
-    "data.tokenizer": (lambda v: v == "bytes" or bool(re.fullmatch(r"bpe:\d+", v))
-                       and int(v[4:]) >= 256, "'bytes' or 'bpe:N' with N >= 256"),
-    "train.lr": _GT0, "train.batch_size": _GE1, "train.weight_decay": _GE0,
-    "train.beta1": _BETA, "train.beta2": _BETA, "train.warmup_frac": _UNIT,
-    "train.min_lr_frac": _UNIT, "train.grad_clip": _GT0, "train.evals": _GE1,
-    "train.eval_batches": _GE1, "train.threads": _GE0,
-    "train.device": (lambda v: bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?", v)),
-                     "auto, cpu, cuda or cuda:N"),
-    "budget.values": _GT0, "budget.tokens": _GT0, "search.samples_per_budget": _GE1,
-    "search.max_concurrent": _GE1, "search.grace_evals": _GE1, "resources.cpu": _GT0,
-    "resources.gpu": (lambda v: v >= 0 and (v <= 1 or v == int(v)),
-                      "a fraction in [0, 1] or a whole number of GPUs"),
-}
-UNITS = {"flops": "FLOPs", "tokens": "tokens", "params": "params"}
-_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+# A search space's errors are config errors: one type, one-line messages with the key path.
+SpaceError = ConfigError
 
-
-class SpaceError(ValueError):
-    """A search space that cannot run; the one-line message starts with the key path."""
+# What each model option accepts: ModelConfig's own fields (it checks its domains when
+# built), their allowed values, and the two keys a space adds (preset, family).
+MODEL_SPECS: dict[str, FieldSpec] = {
+    k: dataclasses.replace(v, choices=CHOICES.get(k)) for k, v in field_specs(ModelConfig).items()
+    if k != "spec"} | {
+    "preset": FieldSpec(str, False, None, tuple(PRESETS), help="width preset"),
+    "family": FieldSpec(str, False, None, FAMILIES, help="checked against every spec")}
+_MODEL_KEYS = ("spec", "preset", *(k for k in MODEL_SPECS if k not in ("preset", "family")),
+               "family")
+SECTION_CLASSES = {"data": DataConfig, "train": OptimConfig}
 
 
 class _Loader(yaml.SafeLoader):
@@ -91,63 +78,6 @@ def read_yaml(text: str, source: str) -> dict:
 
 # --- values and distributions -----------------------------------------------------------------
 
-def check_keys(path: str, d: Any, allowed, required=()) -> dict:
-    """d as a mapping whose keys are allowed (did-you-mean otherwise) and include required."""
-    d = {} if d is None else d
-    if not isinstance(d, dict):
-        raise SpaceError(f"{path}: expected a mapping, got {d!r}")
-    for k in d:
-        if k not in allowed:
-            close = difflib.get_close_matches(str(k), list(allowed), n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise SpaceError(f"{path + '.' if path else ''}{k}: unknown key; {hint}"
-                             f"(allowed: {', '.join(allowed)})")
-    for k in required:
-        if k not in d:
-            raise SpaceError(f"{path + '.' if path else ''}{k}: required key missing")
-    return d
-
-
-def _one_of(path: str, value: Any, allowed) -> Any:
-    if value not in allowed:
-        raise SpaceError(f"{path}: {value!r} is not one of {', '.join(map(str, allowed))}")
-    return value
-
-
-def field_types(cls) -> dict[str, tuple[type, bool]]:
-    """Field name -> (type, nullable) from a dataclass's annotations."""
-    out = {}
-    for name, tp in typing.get_type_hints(cls).items():
-        args = typing.get_args(tp) if isinstance(tp, types.UnionType) else (tp,)
-        base = [a for a in args if a is not type(None)]
-        out[name] = (base[0], len(base) < len(args))
-    return out
-
-
-def check_value(path: str, flat: str, value: Any, tp: tuple[type, bool]) -> Any:
-    """A plain value of option `flat` (e.g. "train.lr") at `path`: type, enum, domain."""
-    base, nullable = tp
-    if value is None and nullable:
-        return None
-    if not {int: isinstance(value, int) and not isinstance(value, bool),
-            float: isinstance(value, int | float) and not isinstance(value, bool),
-            bool: isinstance(value, bool), str: isinstance(value, str)}.get(base, True):
-        raise SpaceError(f"{path}: expected {_WORDS[base]}{' or null' if nullable else ''}, "
-                         f"got {value!r}")
-    v = float(value) if base is float else value  # YAML `1` for a float option
-    if flat in ENUMS:
-        _one_of(path, v, ENUMS[flat])
-    test, what = DOMAIN.get(flat, (None, ""))
-    if test is not None and not test(v):
-        raise SpaceError(f"{path}: expected {what}, got {v!r}")
-    if flat == "data.source":
-        try:
-            parse_source(v)
-        except DataError as e:
-            raise SpaceError(f"{path}: {e}") from None
-    return v
-
-
 def _distinct(path: str, values: list, shown: list[str]) -> None:
     for i, v in enumerate(values):
         if values.index(v) < i:
@@ -160,37 +90,37 @@ def _choice(path: str, d: dict) -> list:
     return d["choice"]
 
 
-def _option(flat: str, v: Any, tp: tuple[type, bool]) -> Any:
+def _option(flat: str, v: Any, spec: FieldSpec) -> Any:
     """A validated value or distribution dict; every value it can give is checked."""
     if not isinstance(v, dict):
-        return check_value(flat, flat, v, tp)
+        return check_value(flat, v, spec)
     kinds = [k for k in v if k in DISTRIBUTIONS]
     if len(kinds) != 1:
         check_keys(flat, {k: 0 for k in v if k not in ("step", "log")}, DISTRIBUTIONS)
         raise SpaceError(f"{flat}: give one of {', '.join(DISTRIBUTIONS)}, got {list(v)}")
-    kind, base, p = kinds[0], tp[0], f"{flat}.{kinds[0]}"
+    kind, base, p = kinds[0], spec.type, f"{flat}.{kinds[0]}"
     check_keys(flat, v, (kind, "step", "log") if kind == "int" else (kind,))
     if kind == "choice":
-        out = [check_value(f"{p}[{i}]", flat, x, tp) for i, x in enumerate(_choice(flat, v))]
+        out = [check_value(f"{p}[{i}]", x, spec) for i, x in enumerate(_choice(flat, v))]
         _distinct(p, out, [repr(x) for x in out])
         return {"choice": out}
     if base not in (int, float) or kind != "int" and base is int:
         use = "{int: [lo, hi]}" if base is int else "a value or {choice: [...]}"
-        raise SpaceError(f"{p}: {flat} takes {_WORDS[base]}; use {use}")
+        raise SpaceError(f"{p}: {flat} takes {TYPE_WORDS[base]}; use {use}")
     pair = v[kind]
     if not (isinstance(pair, list) and len(pair) == 2):
         raise SpaceError(f"{p}: need [lo, hi], got {pair!r}")
-    lo, hi = (check_value(f"{p}[{i}]", "", x, (int if kind == "int" else float, False))
+    lo, hi = (check_value(f"{p}[{i}]", x, FieldSpec(int if kind == "int" else float, False))
               for i, x in enumerate(pair))
     if not lo < hi or kind == "loguniform" and lo <= 0:
         zero = "0 < " if kind == "loguniform" else ""
         raise SpaceError(f"{p}: need [lo, hi] with {zero}lo < hi, got {pair!r}")
     for x in (lo, hi):
-        check_value(p, flat, x, tp)
+        check_value(p, x, spec)
     if kind != "int":
         return {kind: [lo, hi]}
-    step = check_value(f"{flat}.step", "", v.get("step", 1), (int, False))
-    log = check_value(f"{flat}.log", "", v.get("log", False), (bool, False))
+    step = check_value(f"{flat}.step", v.get("step", 1), FieldSpec(int, False))
+    log = check_value(f"{flat}.log", v.get("log", False), FieldSpec(bool, False))
     if step < 1 or (hi - lo) % step or log and step != 1:
         raise SpaceError(f"{flat}.step: need an integer >= 1 that divides hi - lo = "
                          f"{hi - lo} (and 1 with log), got {step}")
@@ -226,17 +156,11 @@ def to_optuna(v: dict) -> optuna.distributions.BaseDistribution:
 
 # --- sections ---------------------------------------------------------------------------------
 
-MODEL_TYPES = {k: t for k, t in field_types(ModelConfig).items() if k != "spec"}
-MODEL_TYPES |= {"preset": (str, False), "family": (str, False)}
-_MODEL_KEYS = ("spec", "preset", *(f.name for f in dataclasses.fields(ModelConfig)
-                                   if f.name != "spec"), "family")
-
-
-def check_section(name: str, raw: Any, cls) -> dict:
-    """data or train: fields of `cls`, each a value or a distribution."""
-    tps = field_types(cls)
-    return {k: _option(f"{name}.{k}", v, tps[k])
-            for k, v in check_keys(name, raw, tuple(tps)).items()}
+def check_section(name: str, raw: Any) -> dict:
+    """data or train: fields of its config class, each a value or a distribution."""
+    specs = field_specs(SECTION_CLASSES[name])
+    return {k: _option(f"{name}.{k}", v, specs[k])
+            for k, v in check_keys(name, raw, tuple(specs)).items()}
 
 
 def _spec(path: str, text: Any) -> str:
@@ -251,7 +175,7 @@ def _spec(path: str, text: Any) -> str:
 
 def check_model(raw: Any) -> dict:
     d = check_keys("model", raw, _MODEL_KEYS, required=("spec",))
-    out: dict[str, Any] = {k: _option(f"model.{k}", v, MODEL_TYPES[k])
+    out: dict[str, Any] = {k: _option(f"model.{k}", v, MODEL_SPECS[k])
                            for k, v in d.items() if k != "spec"}
     spec = d["spec"]
     if isinstance(spec, dict):
@@ -284,8 +208,9 @@ def _check_builds(model: dict) -> None:
         o = {k: v for k, v in opts.items() if k not in searched} | dict(zip(searched, combo,
                                                                              strict=True))
         try:
-            ModelConfig.from_spec(values_of(model["spec"])[0], o.pop("preset", None), **o)
+            resolve_model(o | {"spec": values_of(model["spec"])[0]}, DataConfig(), path="")
         except ConfigError as e:
+            e = str(e).removeprefix(": ")
             if len(searched) == 1:  # one searched option: name its path
                 (k, x), = zip(searched, combo, strict=True)
                 kind = next(iter(opts[k]))
@@ -296,9 +221,12 @@ def _check_builds(model: dict) -> None:
             raise SpaceError(f"model: {what or 'the fixed options'}: {e}") from None
 
 
-def check_budget(raw: Any) -> tuple[str, tuple[float, ...], float | None]:
+def check_budget(raw: Any) -> tuple[Budget, ...]:
+    """The budget section: `kind`, `values` (or one `value`) and, for params, `tokens`; one
+    Budget per value."""
     d = check_keys("budget", raw, ("kind", "values", "value", "tokens"), required=("kind",))
-    kind = check_value("budget.kind", "budget.kind", d["kind"], (str, False))
+    specs = field_specs(Budget)
+    kind = check_value("budget.kind", d["kind"], specs["kind"])
     if ("values" in d) == ("value" in d):
         raise SpaceError("budget.values: give either values (a list of positive numbers) "
                          "or a single value")
@@ -308,21 +236,14 @@ def check_budget(raw: Any) -> tuple[str, tuple[float, ...], float | None]:
                          f"got {raw_values!r}")
     paths = [f"budget.values[{i}]" if "values" in d else "budget.value"
              for i in range(len(raw_values))]
-    values = [check_value(p, "budget.values", v, (float, False))
-              for p, v in zip(paths, raw_values, strict=True)]
+    values = [check_value(p, v, specs["value"]) for p, v in zip(paths, raw_values, strict=True)]
     _distinct("budget.values", values, [f"{v:g}" for v in values])
-    if kind != "params":
-        if "tokens" in d:
-            raise SpaceError(f"budget.tokens: only for kind: params (kind is {kind!r})")
-        return kind, tuple(values), None
-    if "tokens" not in d:
-        raise SpaceError("budget.tokens: required with kind: params (training tokens per "
-                         "trial)")
-    return kind, tuple(values), check_value("budget.tokens", "budget.tokens", d["tokens"],
-                                       (float, False))
-
-
-def check_settings(name: str, raw: Any, cls):
-    tps = field_types(cls)
-    d = check_keys(name, raw, tuple(tps))
-    return cls(**{k: check_value(f"{name}.{k}", f"{name}.{k}", v, tps[k]) for k, v in d.items()})
+    tokens = None
+    if kind != "params" and "tokens" in d:
+        raise SpaceError(f"budget.tokens: only for kind: params (kind is {kind!r})")
+    if kind == "params":
+        if "tokens" not in d:
+            raise SpaceError("budget.tokens: required with kind: params (training tokens per "
+                             "trial)")
+        tokens = check_value("budget.tokens", d["tokens"], specs["tokens"])
+    return tuple(Budget(kind, v, tokens) for v in values)

@@ -75,3 +75,29 @@ def test_cli_probe_on_a_trained_run(tmp_path, monkeypatch, capsys):
     data = json.loads(capsys.readouterr().out)
     assert len(data["probes"]) == 2 * 1 * 2  # iterations x core layers x heads
     assert {"layer", "head", "range"} <= set(data["dynamic_heads"]["lam"][0])
+
+
+def test_cli_probe_scores_the_runs_own_split_and_tokenizer(tmp_path, monkeypatch, capsys):
+    """With split_seed 1 and a BPE tokenizer, the probe's held-out sequences are the run's
+    validation windows, tokenized by the run's tokenizer (the split_seed-0 data differ)."""
+    monkeypatch.setenv("SPIRALSEARCH_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert main(["train", "--spec", "1+1x{1/2,1}+0", "--d-model", "32", "--n-heads", "2",
+                 "--seq-len", "32", "--batch-size", "4", "--budget-tokens", str(4 * 32 * 2),
+                 "--evals", "1", "--eval-batches", "1", "--split-seed", "1",
+                 "--tokenizer", "bpe:300", "--out", str(out)]) == 0
+    capsys.readouterr()
+    import spiralsearch.probes as probes
+    from spiralsearch.data import load_dataset
+
+    seen = []
+    real = probes.attention_probes
+    monkeypatch.setattr(probes, "attention_probes",
+                        lambda model, x, **kw: seen.append(x) or real(model, x, **kw))
+    assert main(["probe", str(out), "--sequences", "4", "--json"]) == 0
+    run_ds = load_dataset("corpus:sotu", "bpe:300", val_fraction=0.1, seed=1)
+    other = load_dataset("corpus:sotu", "bpe:300", val_fraction=0.1, seed=0)
+    expected, _ = next(run_ds.val_batches(4, 32, 1))
+    assert torch.equal(seen[0], expected)
+    assert not torch.equal(seen[0], next(other.val_batches(4, 32, 1))[0])
+    assert int(seen[0].max()) < 300

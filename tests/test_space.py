@@ -5,6 +5,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from spiralsearch.config import Budget, TrialConfig
 from spiralsearch.space import (
     Group,
     SearchSettings,
@@ -15,7 +16,6 @@ from spiralsearch.space import (
     parse_space,
     resolve,
 )
-from spiralsearch.train import TrainConfig
 
 SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
 
@@ -157,14 +157,15 @@ def test_yaml_syntax_error_names_file_and_line():
 
 
 def test_values_are_validated_and_canonical(space):
-    assert space.budget_values == (3e12, 1e13, 3e13) and space.budget_tokens is None
+    assert tuple(b.value for b in space.budgets) == (3e12, 1e13, 3e13)
+    assert all(b.tokens is None and b.kind == "flops" for b in space.budgets)
     assert space.model["d_model"] == {"choice": [64, 96, 128]}
     assert space.train == {"lr": {"loguniform": [3e-4, 3e-3]}, "batch_size": 16}
     # 3e12 without a dot is a float too (PyYAML alone reads a string); an unquoted spec works
     s = parse_space(edit("[3.0e12, 1.0e13, 3.0e13]", "[3e12, 1e13]",
                          edit('{choice: ["4", "1+2x{1,1}+1", "1+2x{1/4,1/2,1}+1", '
                               '"1+2x{1/4@2,1/2@1,1}+1"]}', "6")))
-    assert s.budget_values == (3e12, 1e13) and s.model["spec"] == "6"
+    assert tuple(b.value for b in s.budgets) == (3e12, 1e13) and s.model["spec"] == "6"
     assert parse_space(edit('"4", ', '"2+0x{}+2", ')).specs[0] == "4"  # canonical form
 
 
@@ -172,7 +173,7 @@ def test_groups_per_budget_and_family(space):
     assert space.families() == ["plain", "looped", "spiral"]
     groups = space.groups()
     assert len(groups) == 9
-    assert groups[0] == Group(3e12, "plain", ("4",))
+    assert groups[0] == Group(Budget("flops", 3e12), "plain", ("4",))
     spiral = groups[2]
     assert spiral.specs == ("1+2x{1/4,1/2,1}+1", "1+2x{1/4@2,1/2@1,1}+1")
     dists = spiral.optuna_space(space)
@@ -187,7 +188,7 @@ def test_groups_per_budget_and_family(space):
                                   "data.tokenizer": "bytes", "data.seq_len": 256,
                                   "train.batch_size": 16}
     none = parse_space(edit("group_by: family", "group_by: none"))
-    assert [(g.budget, g.family, len(g.specs)) for g in none.groups()] == [
+    assert [(g.budget.value, g.family, len(g.specs)) for g in none.groups()] == [
         (3e12, "all", 4), (1e13, "all", 4), (3e13, "all", 4)]
 
 
@@ -203,11 +204,12 @@ def test_resolve_gives_a_trainable_config(space):
     group = space.groups()[2]
     params = {"model.spec": group.specs[1], "model.d_model": 96, "train.lr": 1e-3}
     cfg = resolve(space, group, params)
-    assert cfg["budget"] == {"kind": "flops", "value": 3e12, "tokens": None}
-    assert cfg["model"] == {"spec": "1+2x{1/4@2,1/2@1,1}+1", "preset": "tiny",
-                            "topology": "mesh", "d_model": 96}
-    tc = TrainConfig.from_dict(cfg)
-    m = tc.model_config()
+    assert cfg.budget.to_dict() == {"kind": "flops", "value": 3e12, "tokens": None}
+    assert (cfg.preset, str(cfg.model.spec), cfg.model.topology, cfg.model.d_model) == (
+        "tiny", "1+2x{1/4@2,1/2@1,1}+1", "mesh", 96)
+    tc = TrialConfig.from_dict(cfg.to_dict())  # the dict form round-trips
+    assert tc == cfg and tc.trial_id == cfg.trial_id
+    m = tc.model
     assert (m.d_model, m.topology, str(m.spec), tc.train.lr) == (96, "mesh", group.specs[1], 1e-3)
     assert tc.budget.value == 3e12 and tc.data.seq_len == 256
     with pytest.raises(SpaceError, match="not the searched keys"):
@@ -221,7 +223,7 @@ def test_resolve_casts_int_ranges_of_float_options():
                          "{int: [1, 3]}"))
     g = s.groups()[0]
     cfg = resolve(s, g, {"model.d_model": 64, "train.grad_clip": 2})
-    assert cfg["train"]["grad_clip"] == 2.0 and isinstance(cfg["train"]["grad_clip"], float)
+    assert cfg.train.grad_clip == 2.0 and isinstance(cfg.train.grad_clip, float)
 
 
 def test_make_sampler(space):
@@ -263,7 +265,7 @@ def test_shipped_spaces(name):
     assert rows and all(b["status"] == "ok" for r in rows for b in r["budgets"])
     if name == "quickstart":
         assert space.families() == ["plain", "looped", "spiral"]
-        assert len(space.budget_values) >= 3 and space.resources.cpu == 1
+        assert len(space.budgets) >= 3 and space.resources.cpu == 1
         assert 9 <= sum(g.n_samples(space) for g in space.groups()) <= 24
         assert {r["params_non_embedding"] // 10000 for r in rows} == {20}  # equal stored
 
@@ -298,7 +300,7 @@ def test_params_budget_needs_tokens_and_plans():
     s = parse_space(edit("kind: flops", "kind: params", edit(
         "values: [3.0e12, 1.0e13, 3.0e13]", "values: [2.0e5]\n  tokens: 4096000",
         edit("{choice: [64, 96, 128]}", "64"))))
-    assert s.budget_tokens == 4096000.0
+    assert s.budgets[0].tokens == 4096000.0
     rows = check_candidates(s)
     assert all(abs(r["budgets"][0]["params_non_embedding"] / 2e5 - 1) <= 0.01 for r in rows)
-    assert resolve(s, s.groups()[0], {"train.lr": 1e-3})["budget"]["tokens"] == 4096000.0
+    assert resolve(s, s.groups()[0], {"train.lr": 1e-3}).budget.tokens == 4096000.0

@@ -398,3 +398,24 @@ def test_writer_waits_for_a_reader_to_let_go(db: Path):
         holder.kill()
         holder.wait()
     assert len(load(db)) == 1
+
+
+def test_migrations_bring_a_v1_file_to_the_schema(tmp_path: Path):
+    """A file made by schema version 1 ends up, after migrating, with exactly the columns
+    (and types) the result schema defines: the migrations and spiralsearch.schema agree."""
+    from spiralsearch.store import METRIC_COLUMNS, TRIAL_COLUMNS
+
+    old = tmp_path / "v1.duckdb"
+    with duckdb.connect(str(old)) as con:
+        store.MIGRATIONS[0](con)
+        con.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    ResultsStore(old).trial_status("s")  # any write transaction migrates
+    fresh = tmp_path / "fresh.duckdb"
+    ResultsStore(fresh).trial_status("s")
+    for path in (old, fresh):
+        with duckdb.connect(str(path), read_only=True) as con:
+            for table, want in (("trials", TRIAL_COLUMNS), ("metrics", METRIC_COLUMNS)):
+                have = dict(con.execute(
+                    "SELECT column_name, data_type FROM duckdb_columns() "
+                    "WHERE table_name = ?", [table]).fetchall())
+                assert have == {k: t.split()[0] for k, t in want.items()}, (path, table)

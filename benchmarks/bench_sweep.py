@@ -17,9 +17,10 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from spiralsearch.space import load_space
+from spiralsearch.search.cluster import start_ray
+from spiralsearch.search.driver import run_sweep
+from spiralsearch.search.space import load_space
 from spiralsearch.store import query
-from spiralsearch.sweep import run_sweep, start_ray
 
 OUT = Path(__file__).parent / "results" / "sweep.json"
 SPACE = Path(__file__).parents[1] / "search_spaces" / "quickstart.yaml"

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from spiralsearch.budget import train_flops_per_token
 from spiralsearch.model import ModelConfig, build_model
-from spiralsearch.train import OptimConfig, _optimizer, resolve_device
+from spiralsearch.training.budget import train_flops_per_token
+from spiralsearch.training.loop import OptimConfig, _optimizer, resolve_device
 
 LAYOUTS = {"plain": "8", "looped": "2+4x{1,1}+2", "spiral-B": "2+4x{1/8,1/4,1/2,1}+2"}
 OUT = Path(__file__).parent / "results" / "train.json"

@@ -21,10 +21,11 @@ _API = {
     "SpecError": "spiralsearch.spec", "parse_spec": "spiralsearch.spec",
     "describe": "spiralsearch.flops", "count_params": "spiralsearch.flops",
     "TrialConfig": "spiralsearch.config", "Budget": "spiralsearch.config",
-    "train": "spiralsearch.train", "load": "spiralsearch.store", "query": "spiralsearch.store",
-    "fit_power_law": "spiralsearch.scaling", "frontier": "spiralsearch.scaling",
-    "compare": "spiralsearch.scaling", "backtest": "spiralsearch.scaling",
-    "fit_nd": "spiralsearch.scaling_nd",
+    "train": "spiralsearch.training.loop",
+    "load": "spiralsearch.store", "query": "spiralsearch.store",
+    "fit_power_law": "spiralsearch.analysis.scaling", "frontier": "spiralsearch.analysis.scaling",
+    "compare": "spiralsearch.analysis.scaling", "backtest": "spiralsearch.analysis.scaling",
+    "fit_nd": "spiralsearch.analysis.scaling_nd",
 }
 __all__ = sorted(_API)
 
@@ -42,12 +43,12 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; nothing is imported at run time
+    from spiralsearch.analysis.scaling import backtest, compare, fit_power_law, frontier  # noqa: F401
+    from spiralsearch.analysis.scaling_nd import fit_nd  # noqa: F401
     from spiralsearch.config import Budget, TrialConfig  # noqa: F401
     from spiralsearch.fields import ConfigError  # noqa: F401
     from spiralsearch.flops import count_params, describe  # noqa: F401
     from spiralsearch.model import PRESETS, ModelConfig, build_model  # noqa: F401
-    from spiralsearch.scaling import backtest, compare, fit_power_law, frontier  # noqa: F401
-    from spiralsearch.scaling_nd import fit_nd  # noqa: F401
     from spiralsearch.spec import Iteration, Spec, SpecError, parse_spec  # noqa: F401
     from spiralsearch.store import load, query  # noqa: F401
-    from spiralsearch.train import train  # noqa: F401
+    from spiralsearch.training.loop import train  # noqa: F401

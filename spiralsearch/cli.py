@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "analytic count). Several specs print side by side.")
     d.add_argument("specs", nargs="+", metavar="SPEC", help="e.g. '2+4x{1/8,1/4,1/2,1}+2'")
     d.add_argument("--seq-len", type=int, default=4096, help="prefill length (tokens)")
+    d.add_argument("--decode-context", type=int, default=None,
+                   help="context length (tokens) for decode FLOPs/token and KV-cache bytes "
+                   "(default: --seq-len)")
     d.add_argument("--json", action="store_true", help="print the describe() dict as JSON")
     add_model_options(d)
     d.set_defaults(func=commands.cmd_describe)

@@ -50,8 +50,8 @@ def cmd_describe(args: argparse.Namespace) -> int:
     from spiralsearch.flops import describe
 
     preset = args.preset or "tiny"
-    results = [describe(s, preset, seq_len=args.seq_len, **model_options(args))
-               for s in args.specs]
+    results = [describe(s, preset, seq_len=args.seq_len, decode_context=args.decode_context,
+                        **model_options(args)) for s in args.specs]
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
         return 0
@@ -59,21 +59,26 @@ def cmd_describe(args: argparse.Namespace) -> int:
     rows = []
     for r in results:
         exact = "✓" if r["flops_forward"] == r["flops_forward_analytic"] else "✗"
+        dec = r["decode"]
         rows.append([r["spec"], r["family"], _si(r["params_total"]),
                      _si(r["params_non_embedding"]), _si(r["params_unrolled"]),
                      str(r["unrolled_depth"]), f"{r['recurrence_ratio']:.2f}",
-                     _si(r["flops_forward"], "FLOP") + f" {exact}",
-                     _si(r["flops_per_token_train"], "FLOP"),
-                     f"{r['flops_forward'] / base:.3f}"])
-    print_table(f"{preset} @ {args.seq_len} tokens",
-                ["spec", "family", "params", "non-emb", "unrolled", "depth", "rec. ratio",
-                 "fwd FLOPs (fvcore=analytic)", "train FLOPs/token", "FLOPs vs first"], rows)
+                     _si(r["flops_forward"]) + f" {exact}", _si(r["flops_forward_causal"]),
+                     _si(r["flops_per_token_train"]), f"{r['flops_forward'] / base:.3f}",
+                     _si(dec["flops_per_token"]), _si(dec["kv_cache"]["total"], "B")])
+    ctx = results[0]["decode"]["context_len"]
+    # units in the title and two-line headers, so 13 columns fit a 160-column pipe unwrapped
+    print_table(f"{preset}: FLOPs of a {args.seq_len}-token prefill (✓ = fvcore equals the "
+                f"analytic count); decode at {ctx} tokens of context, bf16 KV cache",
+                ["spec", "family", "params", "non-emb", "unrolled", "depth", "rec.\nratio",
+                 "prefill\nfull L×L", "prefill\ncausal", "train\nper token", "vs\nfirst",
+                 "decode\nper token", "KV\ncache"], rows)
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from spiralsearch.config import Budget, DataConfig, OptimConfig, TrialConfig
-    from spiralsearch.train import prepare, train
+    from spiralsearch.training.loop import prepare, train
 
     kind, value = next((k, v) for k, v in (("flops", args.budget_flops),
                                            ("tokens", args.budget_tokens),
@@ -93,7 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train(config, out_dir=out, progress=sys.stderr.isatty() or args.progress)
     except Exception as e:  # a crash mid-run is a failed trial, not a usage error
         from spiralsearch.schema import Status
-        from spiralsearch.train import write_summary
+        from spiralsearch.training.loop import write_summary
 
         write_summary(out, dict(status=Status.FAILED.value, error=f"{type(e).__name__}: {e}",
                                 spec=str(p.model.spec), family=p.model.spec.family,
@@ -107,7 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from spiralsearch.data import fetch_prose, load_dataset
+    from spiralsearch.data.dataset import fetch_prose, load_dataset
 
     if args.data_command == "fetch":
         print(f"corpus:prose ready in {fetch_prose()}")
@@ -122,7 +127,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from spiralsearch.space import check_candidates, load_space
+    from spiralsearch.search.candidates import check_candidates
+    from spiralsearch.search.space import load_space
 
     space = load_space(args.space)
     if args.dry_run:
@@ -142,7 +148,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                     ["spec", "family", "options", "params (non-emb)", "train FLOPs/token",
                      *[f"{_si(b)} {unit}" for b in budgets]], table)
         return 0
-    from spiralsearch.sweep import run_sweep
+    from spiralsearch.search.driver import run_sweep
 
     report = run_sweep(space, results=args.results, address=args.address,
                        max_concurrent=args.max_concurrent, progress=not args.no_progress)
@@ -198,7 +204,7 @@ def cmd_trials(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from spiralsearch.report import fit_rows_text, fit_table, load_results
+    from spiralsearch.analysis.fits import fit_rows_text, fit_table, load_results
 
     db = _default_db(args)
     rows = fit_table(load_results(db)["trials"], by=args.by, bootstrap=args.bootstrap)
@@ -221,7 +227,7 @@ def _json_default(v):
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from spiralsearch.report import build_report
+    from spiralsearch.analysis.report import build_report
 
     out = build_report(_default_db(args), args.out, bootstrap=args.bootstrap)
     print(f"report: {out.resolve()}")
@@ -231,10 +237,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     import torch
 
+    from spiralsearch.analysis.probes import attention_probes, dynamic_heads
     from spiralsearch.config import TrialConfig
     from spiralsearch.model import build_model
-    from spiralsearch.probes import attention_probes, dynamic_heads
-    from spiralsearch.train import load_data
+    from spiralsearch.training.loop import load_data
 
     run = Path(args.run)
     summary = run / "summary.json"

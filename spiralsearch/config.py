@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from spiralsearch.data.sources import DataError, parse_source
 from spiralsearch.fields import (
     ConfigError,
     FieldSpec,
@@ -30,7 +31,6 @@ from spiralsearch.fields import (
 )
 from spiralsearch.identity import config_hash
 from spiralsearch.model import ModelConfig
-from spiralsearch.sources import DataError, parse_source
 
 __all__ = ["BUDGET_KINDS", "Budget", "BudgetError", "Config", "ConfigError", "DataConfig",
            "FieldSpec", "OptimConfig", "TrialConfig", "check_keys", "check_value",
@@ -87,7 +87,7 @@ def _source_ok(v: str) -> bool:
 
 @dataclass(frozen=True)
 class DataConfig(Config):
-    """Where tokens come from (see spiralsearch.data) and the training context (tokens)."""
+    """Where tokens come from (see spiralsearch.data.dataset) and the training context (tokens)."""
 
     source: str = opt("corpus:sotu", "data source: corpus:NAME, synthetic:..., text:PATH, "
                       "tokens:PATH", check=_source_ok, what="a data source")

@@ -183,6 +183,8 @@ class Decoder:
         """Logits (B, n, vocab) for the next n tokens idx (B, n); n > 1 only as the first
         call (the prompt)."""
         m, pos, n = self.model, self.length, idx.shape[1]
+        if n > 1 and pos:  # one token per call after the prompt: one chunk closes at most
+            raise ValueError("feed several tokens only as the first call (the prompt)")
         if pos + n > self.capacity:
             raise ValueError(f"{pos + n} tokens exceed this decoder's capacity {self.capacity}")
         emb = m.wte(idx)

@@ -8,10 +8,21 @@ embedding lookup, norms, activations, softmax, elementwise work. Training FLOPs 
 
 Two independent counts must agree exactly: fvcore tracing the real module on the meta device
 (no memory, no arithmetic), and `analytic_flops` from the config alone.
+
+Two attention conventions: `full` (the default and the paper's: every query against all
+L_t keys, what SDPA's dense kernel computes) and `causal` (query i against its i + 1 keys
+only, n(n+1)/2 products per layer on n positions, what a causal kernel or a decoder does).
+
+Decoding (spiralsearch.decode) uses KV caches at every level: pre and post layers run every
+new token against the token cache; iteration t runs the shared core only when a chunk closes
+(token e_j = (j+1)g - w - 1 arrives), on that one latent against the j + 1 latents cached so
+far. `decode_flops` counts one token exactly, with the same conventions, and summed over a
+prompt whose last chunks are all closed it equals the causal prefill.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Any
 
@@ -29,7 +40,8 @@ from fvcore.nn.jit_handles import (
 from spiralsearch.model import ModelConfig, SpiralFormer, build_model
 from spiralsearch.resample import n_chunks
 
-__all__ = ["analytic_flops", "count_params", "describe", "fvcore_flops"]
+__all__ = ["analytic_flops", "count_params", "decode_cost", "decode_flops", "describe",
+           "fvcore_flops", "kv_cache_bytes"]
 
 
 def _sdpa_macs(inputs: list, outputs: list) -> Counter:
@@ -79,40 +91,132 @@ def _is_meta(model: torch.nn.Module) -> bool:
     return next(model.parameters()).device.type == "meta"
 
 
-def _layer_flops(cfg: ModelConfig, n: int) -> int:
-    """One Transformer layer on n positions: linear maps ∝ n, attention products ∝ n²."""
+def _layer_flops(cfg: ModelConfig, n: int, keys: int | None = None) -> int:
+    """One Transformer layer on n query positions that attend `keys` (query, key) pairs in
+    all (default n*n, full): linear maps ∝ n, attention products ∝ keys."""
     d, dm = cfg.d_model, cfg.d_mlp
     linear = 2 * n * (d * 3 * d + d * d + 2 * d * dm)
-    attention = 2 * 2 * n * n * d  # QK^T and AV over all heads, full n x n
+    attention = 2 * 2 * d * (n * n if keys is None else keys)  # QK^T and AV, all heads
     return linear + attention
 
 
-def analytic_flops(cfg: ModelConfig, seq_len: int) -> dict[str, Any]:
+def _pairs(n: int, causal: bool) -> int:
+    """(query, key) pairs of self-attention on n positions: n² full, n(n+1)/2 causal."""
+    return n * (n + 1) // 2 if causal else n * n
+
+
+def _router_pair(cfg: ModelConfig) -> int:
+    """FLOPs of one MeSH write + read router pair on one token (0 for other topologies, and
+    for a plain model, which has no topology module)."""
+    if cfg.topology != "mesh" or not cfg.spec.T:
+        return 0
+    return 2 * 2 * cfg.d_model * (cfg.mesh_slots or cfg.spec.T + 3)
+
+
+def analytic_flops(cfg: ModelConfig, seq_len: int, causal: bool = False) -> dict[str, Any]:
     """Forward FLOPs of one prefill of `seq_len` tokens from the config alone, by block:
     `pre`, `iterations` (a list, one entry per loop iteration with its chunk count L_t and
     FLOPs), `transition` (MeSH's transitional router pair, else 0), `loop` (transition plus
-    iterations), `post`, `head`, `total`."""
+    iterations), `post`, `head`, `total`.
+
+    Attention products are full L_t x L_t matrices (the paper's convention, what fvcore
+    counts); `causal=True` counts only the causal triangle, L_t(L_t+1)/2 pairs per layer."""
     spec, d, L = cfg.spec, cfg.d_model, seq_len
-    slots = cfg.mesh_slots or spec.T + 3
     iterations = []
     for g, w in spec.iterations:
         L_t = n_chunks(L, g, w)
-        core = spec.n_loop * _layer_flops(cfg, L_t)
+        core = spec.n_loop * _layer_flops(cfg, L_t, _pairs(L_t, causal))
         resample = 0
         if g > 1 and cfg.downsample == "score":
             resample += 2 * L * d  # one score per token
         if g > 1 and cfg.upsample == "allocate":
             resample += 2 * L_t * d * g  # g slot logits per chunk
-        topology = 2 * 2 * L * d * slots if cfg.topology == "mesh" else 0  # write + read routers
+        topology = L * _router_pair(cfg)  # write + read routers on every token
         iterations.append(dict(chunk=g, offset=w, n_chunks=L_t, core=core, resample=resample,
                                topology=topology, total=core + resample + topology))
     # MeSH's transitional write-read cycle: one more router pair, before iteration 0
-    transition = 2 * 2 * L * d * slots if cfg.topology == "mesh" and spec.T else 0
-    out = dict(pre=spec.n_pre * _layer_flops(cfg, L), iterations=iterations,
+    transition = L * _router_pair(cfg)
+    layer = _layer_flops(cfg, L, _pairs(L, causal))
+    out = dict(pre=spec.n_pre * layer, iterations=iterations,
                transition=transition, loop=transition + sum(it["total"] for it in iterations),
-               post=spec.n_post * _layer_flops(cfg, L), head=2 * L * d * cfg.vocab_size)
+               post=spec.n_post * layer, head=2 * L * d * cfg.vocab_size)
     out["total"] = out["pre"] + out["loop"] + out["post"] + out["head"]
     return out
+
+
+def decode_flops(cfg: ModelConfig, position: int) -> dict[str, Any]:
+    """Forward FLOPs of generating the token at 0-based `position` with KV caches holding
+    every earlier position (so token-level layers attend position + 1 keys), by block as
+    `analytic_flops`: `pre`, `iterations` (per loop iteration: `closed`, whether this token
+    closes a chunk and so runs the core, on one latent against `keys` = j + 1 cached latents),
+    `transition`, `loop`, `post`, `head`, `total`."""
+    if position < 0:
+        raise ValueError(f"position must be >= 0, got {position}")
+    spec, d = cfg.spec, cfg.d_model
+    iterations = []
+    for g, w in spec.iterations:
+        closed = (position + w + 1) % g == 0  # this token is e_j of chunk j = (position+w)//g
+        keys = (position + w + 1) // g if closed else 0
+        core = spec.n_loop * _layer_flops(cfg, 1, keys) if closed else 0
+        resample = 0
+        if g > 1 and cfg.downsample == "score":
+            resample += 2 * d  # this token's score, kept for pooling when its chunk closes
+        if g > 1 and cfg.upsample == "allocate" and closed:
+            resample += 2 * d * g  # the closed chunk's g slot logits
+        topology = _router_pair(cfg)
+        iterations.append(dict(chunk=g, offset=w, closed=closed, keys=keys, core=core,
+                               resample=resample, topology=topology,
+                               total=core + resample + topology))
+    transition = _router_pair(cfg)
+    layer = _layer_flops(cfg, 1, position + 1)
+    out = dict(position=position, pre=spec.n_pre * layer, iterations=iterations,
+               transition=transition, loop=transition + sum(it["total"] for it in iterations),
+               post=spec.n_post * layer, head=2 * d * cfg.vocab_size)
+    out["total"] = out["pre"] + out["loop"] + out["post"] + out["head"]
+    return out
+
+
+def kv_cache_bytes(cfg: ModelConfig, context_len: int,
+                   bytes_per_value: int = 2) -> dict[str, Any]:
+    """Bytes of the KV caches of one sequence at `context_len` tokens: K and V, d_model
+    values each, per cached position per layer, `bytes_per_value` bytes a value (2 = bf16).
+
+    Keys: `pre`, `iterations` (per loop iteration: `n_latents` = L_t = ⌈(L + w)/g⌉, the
+    latents its cache is sized for, as the decoder preallocates for L tokens; the open
+    chunk's latent is filled once it closes), `post`, `total`."""
+    spec = cfg.spec
+    per_position = 2 * cfg.d_model * bytes_per_value  # K and V of one layer
+
+    def level(n_layers: int, n: int) -> int:
+        return n_layers * n * per_position
+
+    iterations = [dict(chunk=g, offset=w, n_latents=n_chunks(context_len, g, w),
+                       bytes=level(spec.n_loop, n_chunks(context_len, g, w)))
+                  for g, w in spec.iterations]
+    out = dict(pre=level(spec.n_pre, context_len), iterations=iterations,
+               post=level(spec.n_post, context_len))
+    out["total"] = out["pre"] + sum(it["bytes"] for it in iterations) + out["post"]
+    return out
+
+
+def decode_cost(cfg: ModelConfig, context_len: int,
+                kv_bytes_per_value: int = 2) -> dict[str, Any]:
+    """Cost of decoding one sequence at `context_len` = L tokens already cached.
+
+    `flops_per_token`: FLOPs per generated token, amortized: the exact mean of
+    `decode_flops` over positions L .. L + P - 1, where P (`period`, tokens) is the lcm of
+    the chunk sizes, so every level closes exactly P/g_t chunks in the window.
+    `flops_per_token_peak`: the largest `decode_flops` in that window (at zero offsets, the
+    token where every level closes). `kv_cache`: `kv_cache_bytes` at L tokens,
+    `kv_bytes_per_value` bytes a value (2 = bf16)."""
+    if context_len < 0:
+        raise ValueError(f"context_len must be >= 0, got {context_len}")
+    period = math.lcm(*(g for g, _ in cfg.spec.iterations))  # 1 for a plain model
+    costs = [decode_flops(cfg, p)["total"] for p in range(context_len, context_len + period)]
+    return dict(context_len=context_len, period=period,
+                flops_per_token=sum(costs) / period, flops_per_token_peak=max(costs),
+                kv_bytes_per_value=kv_bytes_per_value,
+                kv_cache=kv_cache_bytes(cfg, context_len, kv_bytes_per_value))
 
 
 def count_params(model: SpiralFormer) -> dict[str, int]:
@@ -127,13 +231,17 @@ def count_params(model: SpiralFormer) -> dict[str, int]:
     return dict(total=total, non_embedding=non_embedding, unrolled=unrolled)
 
 
-def describe(spec, preset: str | None = None, seq_len: int = 4096, **options) -> dict[str, Any]:
+def describe(spec, preset: str | None = None, seq_len: int = 4096,
+             decode_context: int | None = None, **options) -> dict[str, Any]:
     """Parameters and FLOPs of a spec (a string, `Spec` or `ModelConfig`) at `seq_len` tokens.
 
     Builds on the meta device (no memory). Keys: spec, family, params_total,
-    params_non_embedding, params_unrolled, flops_forward (fvcore, FLOPs for one prefill),
-    flops_forward_analytic, flops_per_token_train (3 x forward / seq_len), recurrence_ratio,
-    unrolled_depth, seq_len, breakdown (analytic FLOPs by block; fvcore totals by block).
+    params_non_embedding, params_unrolled, flops_forward (fvcore, FLOPs for one prefill,
+    full L x L attention), flops_forward_analytic (the same, from the config),
+    flops_forward_causal (the prefill with causal-triangle attention, analytic),
+    flops_per_token_train (3 x forward / seq_len), recurrence_ratio, unrolled_depth, seq_len,
+    breakdown (analytic FLOPs by block; fvcore totals by block), decode (`decode_cost` at
+    `decode_context` tokens, default seq_len: FLOPs per generated token, KV-cache bytes).
     """
     if int(seq_len) < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
@@ -151,7 +259,9 @@ def describe(spec, preset: str | None = None, seq_len: int = 4096, **options) ->
         params_total=params["total"], params_non_embedding=params["non_embedding"],
         params_unrolled=params["unrolled"],
         flops_forward=traced["total"], flops_forward_analytic=analytic["total"],
+        flops_forward_causal=analytic_flops(cfg, seq_len, causal=True)["total"],
         flops_per_token_train=3 * traced["total"] / seq_len,
         recurrence_ratio=s.recurrence_ratio, unrolled_depth=s.unrolled_depth,
         breakdown=dict(analytic=analytic, fvcore=traced),
+        decode=decode_cost(cfg, seq_len if decode_context is None else decode_context),
     )

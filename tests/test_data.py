@@ -1,4 +1,5 @@
-"""Tests of spiralsearch.data, .synthetic and .corpora: offline, each a fraction of a second."""
+"""Tests of spiralsearch.data (dataset, synthetic, corpora): offline, each a fraction of a
+second."""
 
 import hashlib
 import json
@@ -9,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from spiralsearch import corpora, data, sources
-from spiralsearch.data import DataError, bits_per_byte, load_dataset, parse_source
-from spiralsearch.synthetic import (
+from spiralsearch.data import corpora, sources
+from spiralsearch.data import dataset as data
+from spiralsearch.data.dataset import DataError, bits_per_byte, load_dataset, parse_source
+from spiralsearch.data.synthetic import (
     CLOSE,
     OPEN,
     DyckConfig,

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -7,7 +8,15 @@ from hypothesis import strategies as st
 
 from spiralsearch import ModelConfig, Spec, build_model
 from spiralsearch.cli import main
-from spiralsearch.flops import analytic_flops, count_params, describe, fvcore_flops
+from spiralsearch.flops import (
+    analytic_flops,
+    count_params,
+    decode_cost,
+    decode_flops,
+    describe,
+    fvcore_flops,
+    kv_cache_bytes,
+)
 
 
 def tiny(spec, **options) -> ModelConfig:
@@ -16,9 +25,12 @@ def tiny(spec, **options) -> ModelConfig:
 
 
 @st.composite
-def configs(draw):
+def configs(draw, closed_at: int | None = None):
+    """Random specs, options and offsets; with `closed_at` = L, every offset is chosen so
+    that each level's last chunk closes at L tokens, (L + w) % g == 0."""
     chunks = draw(st.lists(st.integers(1, 16), min_size=0, max_size=4))
-    its = tuple((g, draw(st.integers(0, g - 1))) for g in chunks)
+    its = tuple((g, draw(st.integers(0, g - 1)) if closed_at is None else -closed_at % g)
+                for g in chunks)
     n_loop = draw(st.integers(1, 2)) if its else 0
     spec = Spec(draw(st.integers(0 if its else 1, 2)), n_loop, draw(st.integers(0, 2)), its)
     return tiny(spec, topology=draw(st.sampled_from(["residual", "anchor", "mesh"])),
@@ -127,3 +139,123 @@ def test_cli_bad_input_exits_2_with_one_line(argv, fragment, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert fragment in err and len(err.strip().splitlines()) == 1
+
+
+# --- prefill conventions and decoding --------------------------------------------------
+
+
+def _layers_at(cfg: ModelConfig, L: int) -> list[int]:
+    """Positions each unrolled layer runs on: L for pre/post, L_t for each core use."""
+    spec = cfg.spec
+    coarse = [math.ceil((L + w) / g) for g, w in spec.iterations for _ in range(spec.n_loop)]
+    return [L] * (spec.n_pre + spec.n_post) + coarse
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), L=st.integers(1, 300))
+def test_decode_sums_to_causal_prefill(data, L):
+    """With every level's last chunk closed at L, decoding tokens 0..L-1 one by one costs
+    exactly the causal prefill of L tokens, block by block."""
+    cfg = data.draw(configs(closed_at=L))
+    steps = [decode_flops(cfg, p) for p in range(L)]
+    causal = analytic_flops(cfg, L, causal=True)
+    for block in ("pre", "transition", "loop", "post", "head", "total"):
+        assert sum(s[block] for s in steps) == causal[block], block
+    for t, it in enumerate(causal["iterations"]):
+        assert sum(s["iterations"][t]["closed"] for s in steps) == it["n_chunks"]
+        for part in ("core", "resample", "topology", "total"):
+            assert sum(s["iterations"][t][part] for s in steps) == it[part], (t, part)
+
+
+@settings(max_examples=25, deadline=None)
+@given(cfg=configs(), L=st.integers(1, 300))
+def test_full_minus_causal_attention(cfg, L):
+    """Only attention products differ: per layer on n positions, 2 products x 2 FLOPs x d x
+    (n² - n(n+1)/2) pairs = 2·d·n(n-1). fvcore counts the full convention."""
+    full, causal = analytic_flops(cfg, L), analytic_flops(cfg, L, causal=True)
+    assert analytic_flops(cfg, L, causal=False) == full
+    expected = sum(2 * 2 * 32 * (n * n - n * (n + 1) // 2) for n in _layers_at(cfg, L))
+    assert full["total"] - causal["total"] == expected
+    assert expected == sum(2 * 32 * n * (n - 1) for n in _layers_at(cfg, L))
+
+
+def test_plain_decode_by_hand():
+    """12 layers of d=32, d_mlp=128: 4d² + 2d·d_mlp = 12,288 weights of matmuls per layer
+    (2 FLOPs each), attention 2 products x 2 x d per key over p + 1 keys, head 2·d·vocab."""
+    cfg = tiny("12")
+    for p in (0, 7, 99):
+        expected = 12 * (2 * 12_288 + 4 * (p + 1) * 32) + 2 * 32 * 50
+        f = decode_flops(cfg, p)
+        assert f["total"] == f["pre"] + f["head"] == expected
+        assert f["loop"] == f["post"] == 0 and f["iterations"] == []
+    cost = decode_cost(cfg, 100)
+    assert cost["period"] == 1
+    assert cost["flops_per_token"] == cost["flops_per_token_peak"] == decode_flops(cfg, 100)[
+        "total"]
+
+
+def test_coarse_level_runs_the_core_only_when_a_chunk_closes():
+    """1/4@1: chunk j ends at token e_j = 4(j+1) - 2, so tokens 2, 6, 10, ... close chunks
+    0, 1, 2, ... and the core runs there on one latent against j + 1 cached latents."""
+    cfg = tiny("1+2x{1/4@1}+1", topology="residual")
+    linear = 2 * 12_288  # one layer on one position
+    for p, keys in ((0, 0), (1, 0), (2, 1), (3, 0), (6, 2), (10, 3)):
+        it = decode_flops(cfg, p)["iterations"][0]
+        assert it["closed"] == (keys > 0) and it["keys"] == keys
+        assert it["core"] == (2 * (linear + 4 * keys * 32) if keys else 0)
+        assert it["resample"] == 2 * 32 + (2 * 32 * 4 if keys else 0)  # score + allocator
+
+
+def test_decode_cost_is_the_mean_over_one_period():
+    """{1/8,1/4,1/2,1}: period 8, every level closes at tokens 7, 15, ...: over a window of 8
+    tokens starting at a multiple of 8, decoding costs causal(L + 8) - causal(L)."""
+    cfg = tiny("2+4x{1/8,1/4,1/2,1}+2")
+    L = 256
+    cost = decode_cost(cfg, L)
+    window = [decode_flops(cfg, p)["total"] for p in range(L, L + 8)]
+    assert cost["period"] == 8 and cost["flops_per_token"] == sum(window) / 8
+    assert cost["flops_per_token_peak"] == max(window) == window[-1]
+    assert all(it["closed"] for it in decode_flops(cfg, L + 7)["iterations"])
+    causal = [analytic_flops(cfg, n, causal=True)["total"] for n in (L, L + 8)]
+    assert 8 * cost["flops_per_token"] == causal[1] - causal[0]
+    with pytest.raises(ValueError):
+        decode_cost(cfg, -1)
+
+
+def test_kv_cache_bytes():
+    L, d = 1000, 32
+    plain = kv_cache_bytes(tiny("12"), L)
+    assert plain["total"] == plain["pre"] == 2 * 12 * L * d * 2  # K and V, bf16
+    assert kv_cache_bytes(tiny("12"), L, bytes_per_value=4)["total"] == 2 * plain["total"]
+    coarse = kv_cache_bytes(tiny("1+2x{1/8@3,1}+1"), L)
+    assert [it["n_latents"] for it in coarse["iterations"]] == [126, 1000]  # ⌈1003/8⌉
+    assert coarse["iterations"][0]["bytes"] == 2 * 126 * 2 * d * 2
+    assert coarse["total"] == (2 + 2 * 126 / L + 2) * L * 2 * d * 2
+    spiral = kv_cache_bytes(tiny("2+4x{1/8,1/4,1/2,1}+2"), L)["total"]
+    for looped in ("2+4x{1,1,1,1}+2", "2+4x{1,1}+2"):
+        assert spiral < kv_cache_bytes(tiny(looped), L)["total"]
+    assert decode_cost(tiny("12"), L)["kv_cache"] == plain
+
+
+def test_describe_decode_and_causal_keys():
+    r = describe("2+4x{1/8,1/4,1/2,1}+2", "tiny", seq_len=256)
+    cfg = ModelConfig.from_spec("2+4x{1/8,1/4,1/2,1}+2", "tiny")
+    assert r["flops_forward_causal"] == analytic_flops(cfg, 256, causal=True)["total"]
+    assert r["flops_forward_causal"] < r["flops_forward"] == r["flops_forward_analytic"]
+    assert r["decode"] == decode_cost(cfg, 256)
+    other = describe("2+4x{1/8,1/4,1/2,1}+2", "tiny", seq_len=256, decode_context=64)
+    assert other["decode"] == decode_cost(cfg, 64)
+    assert {k: v for k, v in other.items() if k != "decode"} == {
+        k: v for k, v in r.items() if k != "decode"}
+
+
+def test_cli_shows_decode_columns(capsys):
+    assert main(["describe", "12", "2+4x{1/8,1/4,1/2,1}+2", "--seq-len", "64"]) == 0
+    out = capsys.readouterr().out
+    for header in ("full L×L", "causal", "decode", "per token", "KV", "bf16"):
+        assert header in out, header
+    assert "2+4x{1/8,1/4,1/2,1}+2" in out  # the spec column is not truncated
+    assert main(["describe", "12", "--seq-len", "64", "--decode-context", "32", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["decode"] == decode_cost(ModelConfig.from_spec("12", "tiny"), 32)
+    assert data["flops_forward_causal"] < data["flops_forward"]

@@ -1,6 +1,6 @@
 from ray.tune.search import Searcher
 
-from spiralsearch.grouped import FixedSearch, GroupedSearch
+from spiralsearch.search.grouped import FixedSearch, GroupedSearch
 
 
 class Sequence_(Searcher):

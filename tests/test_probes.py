@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from spiralsearch import ModelConfig, build_model
+from spiralsearch.analysis.probes import attention_probes, dynamic_heads, head_stats
 from spiralsearch.cli import main
-from spiralsearch.probes import attention_probes, dynamic_heads, head_stats
 
 
 def tiny(spec):
@@ -87,8 +87,8 @@ def test_cli_probe_scores_the_runs_own_split_and_tokenizer(tmp_path, monkeypatch
                  "--evals", "1", "--eval-batches", "1", "--split-seed", "1",
                  "--tokenizer", "bpe:300", "--out", str(out)]) == 0
     capsys.readouterr()
-    import spiralsearch.probes as probes
-    from spiralsearch.data import load_dataset
+    import spiralsearch.analysis.probes as probes
+    from spiralsearch.data.dataset import load_dataset
 
     seen = []
     real = probes.attention_probes

@@ -5,8 +5,9 @@ import subprocess
 import numpy as np
 import pytest
 
+from spiralsearch.analysis.fits import fit_table, load_results
+from spiralsearch.analysis.report import build_report
 from spiralsearch.cli import main
-from spiralsearch.report import build_report, fit_table, load_results
 from spiralsearch.store import ResultsStore, config_hash
 
 SPECS = {"plain": "4", "looped": "1+2x{1,1}+1", "spiral": "1+2x{1/4,1/2,1}+1"}

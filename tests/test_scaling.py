@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
-from spiralsearch.scaling import (
+from spiralsearch.analysis.scaling import (
     backtest,
     best_per_budget,
     compare,

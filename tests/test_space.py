@@ -6,13 +6,13 @@ import optuna
 import pytest
 
 from spiralsearch.config import Budget, TrialConfig
-from spiralsearch.space import (
+from spiralsearch.search.candidates import check_candidates
+from spiralsearch.search.samplers import make_sampler
+from spiralsearch.search.space import (
     Group,
     SearchSettings,
     SpaceError,
-    check_candidates,
     load_space,
-    make_sampler,
     parse_space,
     resolve,
 )

@@ -3,9 +3,10 @@ import time
 
 import pytest
 
-from spiralsearch.space import load_space, parse_space
+from spiralsearch.search.cluster import trial_resources
+from spiralsearch.search.driver import run_sweep
+from spiralsearch.search.space import load_space, parse_space
 from spiralsearch.store import config_hash, load, query
-from spiralsearch.sweep import run_sweep, trial_resources
 
 SPACE = """
 name: {name}
@@ -197,7 +198,7 @@ class _FakeTrial:
 def test_store_callback_records_stopped_and_crashed_trials(tmp_path):
     """Without Ray: a trial ASHA stops keeps its last and best losses as 'stopped'; a trial
     whose process dies is 'failed' with Ray's error text."""
-    from spiralsearch.recorder import StoreCallback
+    from spiralsearch.search.recorder import StoreCallback
     from spiralsearch.store import ResultsStore
 
     space = parse_space(SPACE.format(name="cb", lr="{loguniform: [1.0e-3, 1.0e-2]}", extra="",
@@ -210,7 +211,7 @@ def test_store_callback_records_stopped_and_crashed_trials(tmp_path):
     died = _FakeTrial({"group": 1, "params": {"train.lr": 5e-3}}, error="RayActorError: OOM")
     cb.on_trial_start(0, [], stopped)
     cb.on_trial_start(0, [], died)
-    from spiralsearch.space import resolve
+    from spiralsearch.search.space import resolve
 
     tid = resolve(space, groups[0], stopped.config["params"]).trial_id
     for step, loss in ((2, 3.0), (4, 2.5), (6, 2.7)):
@@ -231,8 +232,8 @@ def test_store_callback_records_stopped_and_crashed_trials(tmp_path):
 def test_unrunnable_sweeps_stop_before_any_trial(ray_session, tmp_path):
     """A data file that is not there, or more GPUs per trial than the cluster has: a clear
     error before anything runs, and no results file."""
-    from spiralsearch.data import DataError
-    from spiralsearch.sweep import ClusterError
+    from spiralsearch.data.dataset import DataError
+    from spiralsearch.search.cluster import ClusterError
 
     missing = parse_space(SPACE.format(name="nodata", lr="1.0e-3", extra="", sampler="tpe",
                                        samples=1).replace("corpus:sotu", "text:/no/such/file"))

@@ -4,12 +4,18 @@ import math
 import pytest
 import torch
 
-from spiralsearch.budget import Budget, BudgetError, non_embedding_params, plan, solve_width
 from spiralsearch.cli import main
 from spiralsearch.config import OptimConfig, TrialConfig
 from spiralsearch.flops import describe
 from spiralsearch.model import ModelConfig
-from spiralsearch.train import lr_at, train
+from spiralsearch.training.budget import (
+    Budget,
+    BudgetError,
+    non_embedding_params,
+    plan,
+    solve_width,
+)
+from spiralsearch.training.loop import lr_at, train
 
 
 @pytest.fixture(autouse=True)
@@ -92,7 +98,7 @@ def test_budget_refusals():
 
 
 def test_divergence_stops_and_keeps_metrics(monkeypatch):
-    import spiralsearch.train as tr
+    import spiralsearch.training.loop as tr
 
     real = tr.build_model
 

@@ -1,6 +1,6 @@
 """Source strings -> documents: parsing `kind:name[:options]` and reading each kind.
 
-See `spiralsearch.data` for the list of sources. A Corpus is a source's documents (made on
+See `spiralsearch.data.dataset` for the list of sources. A Corpus is a source's documents (made on
 demand, so a cache hit need not generate or decode anything) with the identity that keys
 the cache: a canonical option string for synthetic sources, a content hash for files.
 """
@@ -8,7 +8,6 @@ the cache: a canonical option string for synthetic sources, a content hash for f
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -17,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spiralsearch import synthetic
+from spiralsearch.data import synthetic
+from spiralsearch.data.cache import DataError, cache_root
 
 __all__ = ["Corpus", "DataError", "Source", "cache_root", "parse_source", "resolve",
            "split_by_document", "split_documents", "typed_options"]
@@ -26,16 +26,6 @@ KINDS = ("synthetic", "text", "tokens", "corpus")
 _OPTIONS = re.compile(r"^\w+=[^,=]*(,\w+=[^,=]*)*$")
 _DOC_BREAK = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")  # 2+ blank lines
 TEXT_SEP = "\n\n"  # joins text documents
-
-
-class DataError(ValueError):
-    """A data source or tokenizer that cannot be loaded; the message names the problem."""
-
-
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """The cache folder: cache_dir, else $SPIRALSEARCH_CACHE, else ~/.cache/spiralsearch."""
-    root = cache_dir or os.environ.get("SPIRALSEARCH_CACHE") or Path.home() / ".cache/spiralsearch"
-    return Path(root).expanduser()
 
 
 @dataclass(frozen=True)
@@ -170,7 +160,7 @@ def _text(src: Source, source: str) -> Corpus:
 
 
 def _corpus(src: Source, source: str, root: Path) -> Corpus:
-    from spiralsearch import corpora
+    from spiralsearch.data import corpora  # lazily: shipped and fetched corpora
 
     typed_options(source, src.options, NoOptions)
     if src.name == "sotu":

@@ -23,12 +23,12 @@ from typing import Any
 import torch
 
 from spiralsearch.atomic import atomic_save, atomic_write_json
-from spiralsearch.budget import Plan, plan
 from spiralsearch.config import OptimConfig, TrialConfig
-from spiralsearch.data import DataError, Dataset, load_dataset
+from spiralsearch.data.dataset import DataError, Dataset, load_dataset
 from spiralsearch.flops import count_params
 from spiralsearch.model import build_model
 from spiralsearch.schema import MetricRow, Status, TrialSummary
+from spiralsearch.training.budget import Plan, plan
 
 
 @dataclass

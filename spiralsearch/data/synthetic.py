@@ -2,12 +2,12 @@
 
 Both generators are seeded, pure numpy and vectorised over many independent chains or
 sentences, so a few MB take well under a second. They return documents as Python strings;
-`spiralsearch.data` turns those into a tokenized, cached dataset.
+`spiralsearch.data.dataset` turns those into a tokenized, cached dataset.
 
     generate_dyck(DyckConfig(k=2, depth=8, chars=10_000))   # list of balanced strings
     dyck_optimal_loss("()()", k=1, p=0.5, depth=1)          # 0.0 nats/char
 
-Config validation raises ValueError; `spiralsearch.data` rewraps it as DataError.
+Config validation raises ValueError; `spiralsearch.data.dataset` rewraps it as DataError.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import OptimizeResult
 
-from spiralsearch.fitting import (
+from spiralsearch.analysis.fitting import (
     ALPHA_BOUNDS,
     MAX_EXP,
     MIN_POINTS,
@@ -40,7 +40,7 @@ from spiralsearch.fitting import (
     one_blas_thread,
     percentile_ci,
 )
-from spiralsearch.scaling_nd import NDFit, fit_nd  # re-exported: part of this module's API
+from spiralsearch.analysis.scaling_nd import NDFit, fit_nd  # re-exported: part of this module's API
 
 __all__ = [
     "BacktestResult",

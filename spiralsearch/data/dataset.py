@@ -40,9 +40,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spiralsearch import synthetic
 from spiralsearch.atomic import atomic_dir, atomic_write_text
-from spiralsearch.sources import (
+from spiralsearch.data import synthetic
+from spiralsearch.data.sources import (
     Corpus,
     DataError,
     Source,
@@ -68,7 +68,7 @@ def bits_per_byte(loss: float, bytes_per_token: float) -> float:
 
 def fetch_prose(cache_dir: str | Path | None = None) -> Path:
     """Download and verify corpus:prose into the cache (network); returns its folder."""
-    from spiralsearch.corpora import fetch_prose as fetch
+    from spiralsearch.data.corpora import fetch_prose as fetch
 
     return fetch(cache_dir)
 

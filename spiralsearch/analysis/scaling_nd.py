@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import OptimizeResult, nnls
 
-from spiralsearch.fitting import (
+from spiralsearch.analysis.fitting import (
     ALPHA_BOUNDS,
     MAX_EXP,
     best_start,

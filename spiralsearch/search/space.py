@@ -14,22 +14,18 @@ Errors are one line: the key path, the bad value, what is allowed.
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import math
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 
-from spiralsearch.budget import BudgetError, non_embedding_params, plan, train_flops_per_token
-from spiralsearch.config import Budget, Config, DataConfig, OptimConfig, TrialConfig, resolve_model
+from spiralsearch.config import Budget, Config, DataConfig, OptimConfig, TrialConfig
 from spiralsearch.fields import FieldSpec, check_keys, check_value, opt
-from spiralsearch.spec import parse_spec
-from spiralsearch.validate import (
+from spiralsearch.search.validate import (
     FAMILIES,
     SECTIONS,
     SpaceError,
@@ -40,9 +36,11 @@ from spiralsearch.validate import (
     to_optuna,
     values_of,
 )
+from spiralsearch.spec import parse_spec
 
-__all__ = ["Group", "Resources", "SearchSettings", "SearchSpace", "SpaceError",
-           "check_candidates", "load_space", "make_sampler", "parse_space", "resolve"]
+__all__ = ["Group", "Resources", "SearchSettings", "SearchSpace", "SpaceError", "load_space",
+           "parse_space", "resolve"]
+
 
 METRICS = ("val_loss", "best_val_loss", "final_val_bpb")
 
@@ -75,8 +73,6 @@ class Resources(Config):
                      check=lambda v: v >= 0 and (v <= 1 or v == int(v)),
                      what="a fraction in [0, 1] or a whole number of GPUs")
 
-
-# --- the space --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Group:
@@ -230,88 +226,3 @@ def resolve(space: SearchSpace, group: Group, params: dict[str, Any]) -> TrialCo
         section, name = key.split(".", 1)
         out[section][name] = v
     return TrialConfig.from_dict(out | {"budget": group.budget.to_dict()})
-
-
-def make_sampler(settings: SearchSettings, seed: int | None = None,
-                 search_space: dict[str, optuna.distributions.BaseDistribution] | None = None,
-                 ) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler for settings.sampler, seeded (default settings.seed). grid needs
-    `search_space` (a Group's optuna_space) and choices only; cmaes numeric options."""
-    seed = settings.seed if seed is None else seed
-    space = search_space or {}
-    numeric = [k for k, d in space.items()
-               if not isinstance(d, optuna.distributions.CategoricalDistribution)]
-    if settings.sampler == "tpe":
-        # TPE's default 10 random start-up trials would be every trial of a small group.
-        startup = min(10, max(2, settings.samples_per_budget // 3))
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
-    if settings.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if settings.sampler == "grid":
-        if search_space is None or numeric:
-            raise SpaceError(f"search.sampler: grid needs the group's search space, all "
-                             f"choices; not choices: {', '.join(numeric) or '(no space)'}")
-        return optuna.samplers.GridSampler({k: list(d.choices) for k, d in space.items()},
-                                           seed=seed)
-    if importlib.util.find_spec("cmaes") is None:
-        raise SpaceError("search.sampler: cmaes needs the `cmaes` package (pip install cmaes)")
-    if search_space is not None and not numeric:
-        raise SpaceError("search.sampler: cmaes samples numeric ranges; this group searches "
-                         "choices only: use tpe, random or grid")
-    if len(numeric) < len(space):
-        warnings.warn("cmaes samples the choices (e.g. model.spec) at random", stacklevel=2)
-    return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-
-
-# --- candidates vs budgets --------------------------------------------------------------------
-
-def _candidates(space: SearchSpace):
-    """(model options, seq_len, batch_size, ModelConfig) for every choice and endpoint,
-    each resolved as its trial will be (resolve_model)."""
-    model = {k: values_of(v) for k, v in space.model.items() if k != "family"}
-    data = [values_of(space.data.get(k, getattr(DataConfig(), k)))
-            for k in ("seq_len", "tokenizer", "source")]
-    batch = values_of(space.train.get("batch_size", OptimConfig().batch_size))
-    for combo in itertools.product(*model.values()):
-        opts = dict(zip(model, combo, strict=True))
-        for seq_len, tok, src, bs in itertools.product(*data, batch):
-            cfg, _ = resolve_model(opts, DataConfig(source=src, tokenizer=tok, seq_len=seq_len))
-            yield opts, seq_len, bs, cfg
-
-
-def check_candidates(space: SearchSpace) -> list[dict]:
-    """Plan every candidate (choices and range endpoints of model options x seq_len x
-    batch_size) under every budget value, before anything trains. One row per candidate:
-    spec, family, model (options), seq_len, batch_size, vocab_size, params_non_embedding,
-    flops_per_token (training FLOPs per token) and budgets, a list with per budget value
-    {budget, status ('ok' | 'rejected'), steps, tokens, train_flops, params_non_embedding,
-    reason}. A refused candidate is a row (the sweep records it as rejected); a budget value
-    that refuses every candidate of a group raises SpaceError."""
-    rows = []
-    for opts, seq_len, bs, cfg in _candidates(space):
-        row = dict(spec=opts["spec"], family=space.family_of(opts["spec"]), model=opts,
-                   seq_len=seq_len, batch_size=bs, vocab_size=cfg.vocab_size,
-                   params_non_embedding=non_embedding_params(cfg),
-                   flops_per_token=train_flops_per_token(cfg, seq_len), budgets=[])
-        for budget in space.budgets:
-            entry = dict(budget=budget.value, status="ok", steps=None, tokens=None,
-                         train_flops=None, params_non_embedding=None, reason=None)
-            try:
-                p = plan(cfg, budget, batch_size=bs, seq_len=seq_len)
-                entry.update(steps=p.steps, tokens=p.tokens, train_flops=p.train_flops,
-                             params_non_embedding=p.params_non_embedding)
-            except BudgetError as e:
-                entry.update(status="rejected", reason=str(e))
-            row["budgets"].append(entry)
-        rows.append(row)
-    for g in space.groups():
-        i = space.budgets.index(g.budget)
-        reasons = [r["budgets"][i]["reason"] for r in rows if r["spec"] in g.specs]
-        if reasons and all(reasons):
-            what = str(g.budget)
-            fam = "" if g.family == "all" else f"{g.family!r} "
-            why = ("gives less than one step" if all("less than one step" in r for r in reasons)
-                   else "is refused")
-            raise SpaceError(f"budget.values[{i}]: {what} {why} for every {fam}candidate "
-                             f"({len(reasons)}); e.g. {reasons[0]}")
-    return rows

@@ -12,7 +12,7 @@ from ray.tune import Callback
 
 from spiralsearch.config import TrialConfig
 from spiralsearch.schema import METRIC_KEYS, SUMMARY_KEYS, Status, pick
-from spiralsearch.space import Group, SearchSpace, resolve
+from spiralsearch.search.space import Group, SearchSpace, resolve
 from spiralsearch.store import ResultsStore
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spiralsearch.atomic import atomic_dir
-from spiralsearch.sources import DataError, cache_root
+from spiralsearch.data.cache import DataError, cache_root
 
 SOTU_FILE = Path(__file__).parent / "sotu" / "sotu.jsonl"
 FETCH_COMMAND = "spiralsearch data fetch prose"

@@ -1,0 +1,72 @@
+"""What earlier runs of a sweep left in its results file, so a re-run skips complete trials,
+teaches Optuna their results and resumes the unfinished ones first (docs/design.md §4).
+"""
+
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spiralsearch.schema import FINAL_STATUSES, SUMMARY_KEYS, Status, pick
+from spiralsearch.search.space import (
+    Group,
+    SearchSpace,
+    resolve,
+)
+from spiralsearch.search.worker import OBJECTIVE
+from spiralsearch.store import load
+
+_STORED_METRIC = {"val_loss": "final_val_loss", "best_val_loss": "best_val_loss",
+                  "final_val_bpb": "final_val_bpb"}  # search metric -> trials column
+
+
+@dataclass
+class Previous:
+    """What earlier runs of this sweep left in the results file, by group index."""
+
+    done: dict[str, dict] = field(default_factory=dict)  # complete: trial_id -> final result
+    finished: dict[int, int] = field(default_factory=dict)  # trials with a final status
+    evaluated: dict[int, list[tuple[dict, float]]] = field(default_factory=dict)
+    unfinished: dict[int, list[dict]] = field(default_factory=dict)  # killed mid-run
+
+    @classmethod
+    def load(cls, results: Path, space: SearchSpace, groups: list[Group]) -> Previous:
+        prev = cls()
+        if not results.exists():
+            return prev
+        df = load(results)
+        for r in df[df["sweep"] == space.name].to_dict("records") if len(df) else []:
+            config = r["config"] if isinstance(r["config"], dict) else json.loads(r["config"])
+            g = next((i for i, grp in enumerate(groups) if grp.family == r["family"]
+                      and grp.budget.to_dict() == config["budget"]), None)
+            if g is None:  # the YAML changed since: not part of this sweep's groups now
+                continue
+            params = _params(config, groups[g].optuna_space(space))
+            status = r["status"]
+            if status == Status.COMPLETE:
+                result = pick(r, SUMMARY_KEYS)
+                result[OBJECTIVE] = r[_STORED_METRIC[space.search.metric]]
+                prev.done[r["trial_id"]] = result
+                prev.evaluated.setdefault(g, []).append((params, result[OBJECTIVE]))
+            if status in FINAL_STATUSES:
+                prev.finished[g] = prev.finished.get(g, 0) + 1
+            else:
+                prev.unfinished.setdefault(g, []).append(params)
+        return prev
+
+
+def _params(config: dict, dists: dict) -> dict:
+    """The flat searched options ("train.lr", ...) of a nested trial config."""
+    return {k: config[k.split(".")[0]].get(k.split(".", 1)[1]) for k in dists}
+
+
+class KnownTrials:
+    """Tells the grouped searcher which suggestions completed in an earlier run."""
+
+    def __init__(self, space: SearchSpace, groups: list[Group], done: dict[str, dict]):
+        self.space, self.groups, self.done = space, groups, done
+
+    def __call__(self, g: int, params: dict) -> dict | None:
+        return self.done.get(resolve(self.space, self.groups[g], params).trial_id)

@@ -1,0 +1,89 @@
+"""The trial, run inside a Ray worker: resolve its config, train it, report every evaluation
+to Ray Tune (docs/design.md §4). A trial's own failure (a refused budget, a divergence, an
+exception) becomes a final report with its status and error, so the sweep goes on.
+"""
+
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+from spiralsearch.schema import METRIC_KEYS, SUMMARY_KEYS, Status, pick
+from spiralsearch.search.space import (
+    Group,
+    SearchSpace,
+    resolve,
+)
+
+OBJECTIVE = "objective"  # the search metric, in every report (Optuna and ASHA read it)
+
+
+def objective(metric: str, row: dict, best_val_loss: float) -> float:
+    """The search metric at an evaluation: val loss (nats/token), the best val loss so far,
+    or val bits per byte."""
+    if metric == "best_val_loss":
+        return best_val_loss
+    return row.get("val_bpb" if metric == "final_val_bpb" else "val_loss", math.nan)
+
+
+def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dict[str, dict],
+              checkpoints: str, report=None) -> None:
+    """Train one sampled configuration ({"group": index, "params": flat sampled options}),
+    reporting every evaluation to Ray Tune.
+
+    Never raises for a trial's own failure: a refused budget, a divergence or an exception
+    becomes a final report with its status and error, so the sweep goes on."""
+    if report is None:
+        from ray import tune
+
+        report = tune.report
+    group = groups[trial["group"]]
+    config = resolve(space, group, trial["params"])
+    tid = config.trial_id
+    # Ray stamps its own `trial_id` on every result, so ours travels as `config_hash`.
+    base = dict(config_hash=tid, family=group.family, budget_target=group.budget.value)
+    if tid in done:  # complete in an earlier run of this sweep
+        report(base | done[tid] | {"cached": True})
+        return
+    from spiralsearch.training.loop import prepare, train
+
+    nan = math.nan
+    failed = {OBJECTIVE: nan, "val_loss": nan, "final_val_loss": nan, "best_val_loss": nan,
+              "final_val_bpb": nan}
+    try:
+        # Threads and device follow the trial's resources (not part of its identity); an
+        # explicit device in the space wins.
+        run = dict(threads=max(1, int(space.resources.cpu)))
+        if config.train.device == "auto":
+            run["device"] = "cuda" if space.resources.gpu > 0 else "cpu"
+        cfg = config.replace(train=config.train.replace(**run))
+        _, plan = prepare(cfg)
+    except ValueError as e:  # refused before training (budget, data)
+        report(base | failed | dict(status=Status.REJECTED.value, error=str(e)))
+        return
+    # known before training, so even a trial ASHA stops early has them in the store
+    base |= dict(params_non_embedding=plan.params_non_embedding,
+                 flops_per_token=plan.flops_per_token, budget_kind=plan.kind)
+    out = Path(checkpoints) / tid
+
+    best = [math.inf]
+
+    def on_eval(row: dict) -> None:
+        best[0] = min(best[0], row["val_loss"])
+        report(base | dict(status=Status.RUNNING.value) | row
+               | {OBJECTIVE: objective(space.search.metric, row, best[0])})
+
+    try:
+        result = train(cfg, out_dir=out, callback=on_eval)
+    except Exception as e:  # noqa: BLE001 — any crash is this trial's failure, not the sweep's
+        report(base | failed | dict(status=Status.FAILED.value,
+                                    error=f"{type(e).__name__}: {e}"))
+        return
+    s = result.summary
+    last = result.metrics[-1] if result.metrics else {}
+    report(base | pick(last, METRIC_KEYS) | pick(s, SUMMARY_KEYS)
+           | {OBJECTIVE: objective(space.search.metric, last, s["best_val_loss"])})
+    if s["status"] == Status.COMPLETE:
+        shutil.rmtree(out, ignore_errors=True)  # the store keeps what matters

@@ -28,7 +28,7 @@ OUT = Path(__file__).parent / "results" / "count.json"
 
 def _row(preset: str, layout: str, spec: str, queue) -> None:
     t0 = time.perf_counter()
-    from spiralsearch.flops import describe
+    from spiralsearch.model.counting import describe
 
     # One-time costs of a fresh process: imports, and the first meta-device op, which makes
     # torch import torch._dynamo for its Python op references (~1-2 s on torch 2.13).

@@ -1,4 +1,4 @@
-"""Greedy decoding speed: key/value caches at every resolution (spiralsearch.decode) against
+"""Greedy decoding speed: key/value caches at every resolution (spiralsearch.model.decode) against
 the naive recompute (a full forward on the growing sequence per new token), for a plain, a
 looped and a SpiralFormer layout (MeSH) at a small width, batch 1, a short prompt.
 
@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from spiralsearch.decode import generate
-from spiralsearch.model import ModelConfig, build_model
+from spiralsearch.model.config import ModelConfig
+from spiralsearch.model.decode import generate
+from spiralsearch.model.transformer import build_model
 from spiralsearch.training.loop import resolve_device
 
 LAYOUTS = {"plain": "4", "looped": "1+2x{1,1}+1", "spiral": "1+2x{1/4,1/2,1}+1"}

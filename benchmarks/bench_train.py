@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from spiralsearch.model import ModelConfig, build_model
+from spiralsearch.model.config import ModelConfig
+from spiralsearch.model.transformer import build_model
 from spiralsearch.training.budget import train_flops_per_token
 from spiralsearch.training.loop import OptimConfig, _optimizer, resolve_device
 

@@ -15,11 +15,11 @@ __version__ = "0.1.0"
 
 # public name -> module that owns it
 _API = {
-    "PRESETS": "spiralsearch.model", "ModelConfig": "spiralsearch.model",
-    "build_model": "spiralsearch.model", "ConfigError": "spiralsearch.fields",
-    "Iteration": "spiralsearch.spec", "Spec": "spiralsearch.spec",
-    "SpecError": "spiralsearch.spec", "parse_spec": "spiralsearch.spec",
-    "describe": "spiralsearch.flops", "count_params": "spiralsearch.flops",
+    "PRESETS": "spiralsearch.model.config", "ModelConfig": "spiralsearch.model.config",
+    "build_model": "spiralsearch.model.transformer", "ConfigError": "spiralsearch.fields",
+    "Iteration": "spiralsearch.model.spec", "Spec": "spiralsearch.model.spec",
+    "SpecError": "spiralsearch.model.spec", "parse_spec": "spiralsearch.model.spec",
+    "describe": "spiralsearch.model.counting", "count_params": "spiralsearch.model.counting",
     "TrialConfig": "spiralsearch.config", "Budget": "spiralsearch.config",
     "train": "spiralsearch.training.loop",
     "load": "spiralsearch.store", "query": "spiralsearch.store",
@@ -42,13 +42,14 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_API))
 
 
-if TYPE_CHECKING:  # for type checkers and IDEs; nothing is imported at run time
-    from spiralsearch.analysis.scaling import backtest, compare, fit_power_law, frontier  # noqa: F401
-    from spiralsearch.analysis.scaling_nd import fit_nd  # noqa: F401
-    from spiralsearch.config import Budget, TrialConfig  # noqa: F401
-    from spiralsearch.fields import ConfigError  # noqa: F401
-    from spiralsearch.flops import count_params, describe  # noqa: F401
-    from spiralsearch.model import PRESETS, ModelConfig, build_model  # noqa: F401
-    from spiralsearch.spec import Iteration, Spec, SpecError, parse_spec  # noqa: F401
-    from spiralsearch.store import load, query  # noqa: F401
-    from spiralsearch.training.loop import train  # noqa: F401
+if TYPE_CHECKING:  # for type checkers and IDEs; nothing is imported at run time (F401 off)
+    from spiralsearch.analysis.scaling import backtest, compare, fit_power_law, frontier
+    from spiralsearch.analysis.scaling_nd import fit_nd
+    from spiralsearch.config import Budget, TrialConfig
+    from spiralsearch.fields import ConfigError
+    from spiralsearch.model.config import PRESETS, ModelConfig
+    from spiralsearch.model.counting import count_params, describe
+    from spiralsearch.model.spec import Iteration, Spec, SpecError, parse_spec
+    from spiralsearch.model.transformer import build_model
+    from spiralsearch.store import load, query
+    from spiralsearch.training.loop import train

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 
 from spiralsearch import commands
-from spiralsearch.model import PRESETS, ModelConfig
+from spiralsearch.model.config import PRESETS, ModelConfig
 
 EXIT_USAGE = 2
 _MODEL_HELP = {
@@ -38,7 +38,7 @@ class Parser(argparse.ArgumentParser):
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """--preset and one --flag per ModelConfig field (defaults None: preset/config decide)."""
-    from spiralsearch.model import CHOICES
+    from spiralsearch.model.config import CHOICES
 
     g = parser.add_argument_group("model options (override the preset)")
     g.add_argument("--preset", choices=list(PRESETS), help="width preset (default: tiny)")

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from spiralsearch.model import ModelConfig
+from spiralsearch.model.config import ModelConfig
 
 
 def _given(args: argparse.Namespace, cls) -> dict:
@@ -47,7 +47,7 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
-    from spiralsearch.flops import describe
+    from spiralsearch.model.counting import describe
 
     preset = args.preset or "tiny"
     results = [describe(s, preset, seq_len=args.seq_len, decode_context=args.decode_context,
@@ -239,7 +239,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     from spiralsearch.analysis.probes import attention_probes, dynamic_heads
     from spiralsearch.config import TrialConfig
-    from spiralsearch.model import build_model
+    from spiralsearch.model.transformer import build_model
     from spiralsearch.training.loop import load_data
 
     run = Path(args.run)

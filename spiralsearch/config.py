@@ -30,7 +30,7 @@ from spiralsearch.fields import (
     opt,
 )
 from spiralsearch.identity import config_hash
-from spiralsearch.model import ModelConfig
+from spiralsearch.model.config import ModelConfig
 
 __all__ = ["BUDGET_KINDS", "Budget", "BudgetError", "Config", "ConfigError", "DataConfig",
            "FieldSpec", "OptimConfig", "TrialConfig", "check_keys", "check_value",

@@ -4,7 +4,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spiralsearch import ModelConfig, Spec, build_model
-from spiralsearch.decode import Decoder, generate
+from spiralsearch.model.decode import Decoder, generate
 
 VOCAB = 17
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from spiralsearch import ModelConfig, Spec, build_model
 from spiralsearch.cli import main
-from spiralsearch.flops import (
+from spiralsearch.model.counting import (
     analytic_flops,
     count_params,
     decode_cost,

@@ -4,8 +4,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spiralsearch import ConfigError, ModelConfig, Spec, build_model, parse_spec
-from spiralsearch.model import PRESET_LAYERS, PRESETS
-from spiralsearch.resample import n_chunks
+from spiralsearch.model.config import PRESET_LAYERS, PRESETS
+from spiralsearch.model.resample import n_chunks
 
 VOCAB = 17
 

@@ -6,8 +6,8 @@ import torch
 
 from spiralsearch.cli import main
 from spiralsearch.config import OptimConfig, TrialConfig
-from spiralsearch.flops import describe
-from spiralsearch.model import ModelConfig
+from spiralsearch.model.config import ModelConfig
+from spiralsearch.model.counting import describe
 from spiralsearch.training.budget import (
     Budget,
     BudgetError,

@@ -21,7 +21,7 @@ from spiralsearch.analysis.scaling import (
     compare,
     fit_power_law,
 )
-from spiralsearch.spec import parse_spec
+from spiralsearch.model.spec import parse_spec
 from spiralsearch.store import connect_readonly
 
 # A trial's own summary says what it spent; a stopped or running one, its last metric row.

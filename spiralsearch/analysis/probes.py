@@ -1,4 +1,4 @@
-"""Attention probes per loop iteration (DESIGN.md §6).
+"""Attention probes per loop iteration (docs/design.md §7).
 
 For every loop iteration t, core layer and head, with A the causal attention matrix at that
 iteration's resolution (L_t chunk latents), averaged over a fixed set of held-out sequences:
@@ -22,7 +22,7 @@ from functools import partial
 import pandas as pd
 import torch
 
-from spiralsearch.model import SpiralFormer
+from spiralsearch.model.transformer import SpiralFormer
 
 METRICS = ("entropy", "entropy_norm", "lam")
 

@@ -1,5 +1,5 @@
 """The sweep driver's view of its trials: the single writer of the results file, and the
-live progress table (DESIGN.md §4). Both are Ray Tune callbacks' state, kept in the driver.
+live progress table (docs/design.md §4). Both are Ray Tune callbacks' state, kept in the driver.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Search spaces as YAML (DESIGN.md §4): what to sample, under which budgets, and how.
+"""Search spaces as YAML (docs/design.md §4): what to sample, under which budgets, and how.
 
     space = load_space("search_spaces/quickstart.yaml")  # SpaceError on any problem
     rows = check_candidates(space)        # every candidate planned under every budget
@@ -25,6 +25,7 @@ import optuna
 
 from spiralsearch.config import Budget, Config, DataConfig, OptimConfig, TrialConfig
 from spiralsearch.fields import FieldSpec, check_keys, check_value, opt
+from spiralsearch.model.spec import parse_spec
 from spiralsearch.search.validate import (
     FAMILIES,
     SECTIONS,
@@ -36,7 +37,6 @@ from spiralsearch.search.validate import (
     to_optuna,
     values_of,
 )
-from spiralsearch.spec import parse_spec
 
 __all__ = ["Group", "Resources", "SearchSettings", "SearchSpace", "SpaceError", "load_space",
            "parse_space", "resolve"]

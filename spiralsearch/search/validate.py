@@ -24,8 +24,8 @@ from spiralsearch.fields import (
     check_value,
     field_specs,
 )
-from spiralsearch.model import CHOICES, PRESETS, ModelConfig
-from spiralsearch.spec import SpecError, parse_spec
+from spiralsearch.model.config import CHOICES, PRESETS, ModelConfig
+from spiralsearch.model.spec import SpecError, parse_spec
 
 SECTIONS = ("name", "description", "data", "model", "train", "budget", "search", "resources")
 DISTRIBUTIONS = ("choice", "int", "uniform", "loguniform")

@@ -1,4 +1,4 @@
-"""Matched budgets (DESIGN.md §3): turn a FLOP, token or parameter budget into a step count.
+"""Matched budgets (docs/design.md §3): turn a FLOP, token or parameter budget into a step count.
 
 - `flops`: training FLOPs; tokens = budget / (3 x forward FLOPs per token at seq_len).
 - `tokens`: training tokens.
@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import torch
 
 from spiralsearch.config import BUDGET_KINDS, Budget, BudgetError
-from spiralsearch.flops import analytic_flops, count_params
-from spiralsearch.model import ModelConfig, build_model
+from spiralsearch.model.config import ModelConfig
+from spiralsearch.model.counting import analytic_flops, count_params
+from spiralsearch.model.transformer import build_model
 
 __all__ = ["BUDGET_KINDS", "TOLERANCE", "Budget", "BudgetError", "Plan", "non_embedding_params",
            "plan", "solve_width", "train_flops_per_token"]

@@ -1,4 +1,4 @@
-"""Train one candidate to a matched budget (DESIGN.md §3).
+"""Train one candidate to a matched budget (docs/design.md §3).
 
     result = train(TrialConfig.from_dict({"model": {"spec": "1+2x{1/4,1}+1", "preset": "tiny"},
                                           "budget": {"kind": "flops", "value": 3e12}}))
@@ -25,8 +25,8 @@ import torch
 from spiralsearch.atomic import atomic_save, atomic_write_json
 from spiralsearch.config import OptimConfig, TrialConfig
 from spiralsearch.data.dataset import DataError, Dataset, load_dataset
-from spiralsearch.flops import count_params
-from spiralsearch.model import build_model
+from spiralsearch.model.counting import count_params
+from spiralsearch.model.transformer import build_model
 from spiralsearch.schema import MetricRow, Status, TrialSummary
 from spiralsearch.training.budget import Plan, plan
 

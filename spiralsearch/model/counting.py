@@ -1,4 +1,4 @@
-"""Exact parameter and FLOP counts of any spec (DESIGN.md §2).
+"""Exact parameter and FLOP counts of any spec (docs/design.md §2).
 
 FLOPs are forward FLOPs of one prefill of `seq_len` tokens (batch 1), 2 FLOPs per
 multiply-add. Counted: every matmul (QKV, attention output, MLP, both attention products as
@@ -13,7 +13,7 @@ Two attention conventions: `full` (the default and the paper's: every query agai
 L_t keys, what SDPA's dense kernel computes) and `causal` (query i against its i + 1 keys
 only, n(n+1)/2 products per layer on n positions, what a causal kernel or a decoder does).
 
-Decoding (spiralsearch.decode) uses KV caches at every level: pre and post layers run every
+Decoding (spiralsearch.model.decode) uses KV caches at every level: pre and post layers run every
 new token against the token cache; iteration t runs the shared core only when a chunk closes
 (token e_j = (j+1)g - w - 1 arrives), on that one latent against the j + 1 latents cached so
 far. `decode_flops` counts one token exactly, with the same conventions, and summed over a
@@ -37,8 +37,9 @@ from fvcore.nn.jit_handles import (
     matmul_flop_jit,
 )
 
-from spiralsearch.model import ModelConfig, SpiralFormer, build_model
-from spiralsearch.resample import n_chunks
+from spiralsearch.model.config import ModelConfig
+from spiralsearch.model.resample import n_chunks
+from spiralsearch.model.transformer import SpiralFormer, build_model
 
 __all__ = ["analytic_flops", "count_params", "decode_cost", "decode_flops", "describe",
            "fvcore_flops", "kv_cache_bytes"]
@@ -73,7 +74,7 @@ def fvcore_flops(model: SpiralFormer, seq_len: int) -> dict[str, int]:
         meta = model if _is_meta(model) else build_model(model.cfg)
         idx = torch.zeros(1, seq_len, dtype=torch.long)
     # Only matmul-like ops get a handle: fvcore's default FlopCountAnalysis also counts
-    # norms, which DESIGN §2 leaves out. Its handles count multiply-adds.
+    # norms, which docs/design.md §2 leaves out. Its handles count multiply-adds.
     fca = JitModelAnalysis(meta, idx).set_op_handle(**_MATMUL_HANDLES)
     fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     by_module = fca.by_module()

@@ -1,4 +1,4 @@
-"""Incremental decoding with key/value caches at every resolution (DESIGN.md §1).
+"""Incremental decoding with key/value caches at every resolution (docs/design.md §1.7).
 
 The full forward is causal at every level, so it can be run one token at a time:
 
@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from spiralsearch.resample import Resampler, n_chunks
-from spiralsearch.topology import Anchor, Mesh, Residual
+from spiralsearch.model.resample import Resampler, n_chunks
+from spiralsearch.model.topology import Anchor, Mesh, Residual
 
 if TYPE_CHECKING:
-    from spiralsearch.model import SpiralFormer
+    from spiralsearch.model.transformer import SpiralFormer
 
 
 class KVCache:

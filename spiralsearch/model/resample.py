@@ -1,4 +1,4 @@
-"""Causal multi-resolution resampling for one loop iteration (DESIGN.md §1, steps 1, 2, 4, 5).
+"""Causal multi-resolution resampling for one loop iteration (docs/design.md §1.2).
 
 Token i belongs to chunk j = floor((i + w) / g). The sequence is padded with w slots on the
 left and up to a multiple of g on the right, then viewed as (B, L_t, g, d): every chunk is a
@@ -17,10 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-DOWNSAMPLE = ("mean", "score")
-UPSAMPLE = ("repeat", "allocate")
-SHIFT = ("minimal", "no_overlap")
-COARSE_POSITIONS = ("chunk", "token")
+from spiralsearch.model.config import COARSE_POSITIONS, DOWNSAMPLE, SHIFT, UPSAMPLE  # noqa: F401
 
 
 def n_chunks(seq_len: int, chunk: int, offset: int) -> int:

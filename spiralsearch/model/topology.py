@@ -1,4 +1,5 @@
-"""Topology updates U: how one loop iteration's output rejoins the running state (DESIGN.md §1.6).
+"""Topology updates U: how one loop iteration's output rejoins the running state
+(docs/design.md §1.3).
 
 Every topology has `start(emb, h_pre) -> (h0, state)`, which turns the pre block's output
 into the loop's initial state h(0), and `step(t, state, h, z, zhat, rs) -> (h, state)`: the
@@ -14,10 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spiralsearch.resample import Resampler
-
-TOPOLOGIES = ("residual", "anchor", "mesh")
-MESH_INIT = ("embed", "loop_input")  # what MeSH slot 0 starts as
+from spiralsearch.model.config import MESH_INIT, TOPOLOGIES  # noqa: F401
+from spiralsearch.model.resample import Resampler
 
 
 class Residual(nn.Module):

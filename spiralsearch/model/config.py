@@ -1,0 +1,119 @@
+"""What defines a model (docs/design.md §1): `ModelConfig` (the spec fixes depth and loop
+layout, the rest width), the presets, and the allowed values of every option. Plain Python:
+the CLI and the YAML checks read it without importing torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from spiralsearch.fields import ConfigError
+from spiralsearch.model.spec import Spec, parse_spec
+
+__all__ = ["CHOICES", "PRESETS", "PRESET_LAYERS", "ConfigError", "ModelConfig"]
+
+TOPOLOGIES = ("residual", "anchor", "mesh")
+MESH_INIT = ("embed", "loop_input")  # what MeSH slot 0 starts as
+DOWNSAMPLE = ("mean", "score")
+UPSAMPLE = ("repeat", "allocate")
+SHIFT = ("minimal", "no_overlap")
+COARSE_POSITIONS = ("chunk", "token")
+
+# Width, heads, MLP and vocab; the spec fixes the depth layout. Pythia rows: docs/design.md §1.6.
+_PYTHIA = dict(mlp_ratio=4.0, vocab_size=50304, rotary_pct=0.25, parallel_residual=True,
+               bias=True, max_seq_len=4096)
+PRESETS: dict[str, dict] = {
+    "tiny": dict(d_model=64, n_heads=4, mlp_ratio=4.0, vocab_size=256, rotary_pct=0.25,
+                 parallel_residual=False, bias=True, max_seq_len=1024),
+    "pythia-160m": dict(_PYTHIA, d_model=768, n_heads=12),
+    "pythia-410m": dict(_PYTHIA, d_model=1024, n_heads=16),
+    "pythia-1b": dict(_PYTHIA, d_model=2048, n_heads=8),
+    "pythia-1.4b": dict(_PYTHIA, d_model=2048, n_heads=16),
+}
+# The depth each preset was published with (used when no spec is given).
+PRESET_LAYERS = {"tiny": 4, "pythia-160m": 12, "pythia-410m": 24, "pythia-1b": 16,
+                 "pythia-1.4b": 24}
+
+CHOICES = {"topology": TOPOLOGIES, "mesh_init": MESH_INIT, "downsample": DOWNSAMPLE,
+           "upsample": UPSAMPLE, "coarse_positions": COARSE_POSITIONS, "shift": SHIFT}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines a model. `spec` fixes depth and loop layout; the rest width."""
+
+    spec: Spec = field(default_factory=lambda: parse_spec("4"))
+    d_model: int = 64
+    n_heads: int = 4
+    mlp_ratio: float = 4.0
+    vocab_size: int = 256
+    rotary_pct: float = 0.25  # fraction of each head's dims that get rotary embeddings
+    rotary_base: float = 10000.0
+    parallel_residual: bool = False  # GPT-NeoX: x + attn(ln1 x) + mlp(ln2 x)
+    bias: bool = True
+    max_seq_len: int = 1024  # tokens
+    topology: str = "mesh"  # the paper's; residual and anchor for ablations
+    mesh_slots: int | None = None  # default T + 3
+    mesh_init: str = "embed"  # MeSH slot 0: token embeddings, or loop_input (pre-block output)
+    downsample: str = "score"
+    upsample: str = "allocate"
+    coarse_positions: str = "chunk"
+    shift: str = "minimal"
+    embed_scale: bool = False  # multiply token embeddings by sqrt(d_model), as MeSH does
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "spec", parse_spec(self.spec))
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not one of "
+                                  f"{', '.join(allowed)}")
+        for name in ("d_model", "n_heads", "vocab_size", "max_seq_len"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"n_heads={self.n_heads} does not divide d_model={self.d_model}")
+        if not 0.0 <= self.rotary_pct <= 1.0:
+            raise ConfigError(f"rotary_pct must be in [0, 1], got {self.rotary_pct}")
+        if self.mlp_ratio <= 0:
+            raise ConfigError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.mesh_slots is not None and self.mesh_slots < 1:
+            raise ConfigError(f"mesh_slots must be >= 1, got {self.mesh_slots}")
+
+    @classmethod
+    def from_spec(cls, spec: str | Spec, preset: str | None = None, **options) -> ModelConfig:
+        """A config from spec notation, a preset's width (see PRESETS) and option overrides."""
+        known = {f.name for f in fields(cls)} - {"spec"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"unknown model option(s) {', '.join(unknown)}; "
+                              f"allowed: {', '.join(sorted(known))}")
+        if preset is not None and preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
+        base = dict(PRESETS[preset]) if preset else {}
+        base.update({k: v for k, v in options.items() if v is not None})
+        return cls(spec=parse_spec(spec), **base)
+
+    def replace(self, **changes) -> ModelConfig:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Plain-JSON form (spec as its canonical string)."""
+        d = asdict(self)
+        d["spec"] = str(self.spec)
+        return d
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def d_mlp(self) -> int:
+        return int(self.mlp_ratio * self.d_model)
+
+    @property
+    def rotary_dim(self) -> int:
+        """Rotated dims per head (even, as rotation acts on pairs)."""
+        return int(self.head_dim * self.rotary_pct) // 2 * 2

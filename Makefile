@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test quickstart lint clean browser
+.PHONY: install test test-fast quickstart lint clean browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,11 @@ browser:
 
 test: $(STAMP) browser
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -n 2 -q --durations=10
+
+# The inner loop (under a minute here): everything but the tests marked slow (sweeps, Ray,
+# subprocess kills, end-to-end training runs and the README's commands).
+test-fast: $(STAMP)
+	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -n 2 -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check spiralsearch tests benchmarks

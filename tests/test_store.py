@@ -294,6 +294,7 @@ WRITER = """
 """
 
 
+@pytest.mark.slow
 def test_reader_gets_in_while_writer_is_active(db: Path):
     n = 20
     ResultsStore(db).begin_sweep("s", "")  # the file exists before the first read
@@ -320,6 +321,7 @@ def test_reader_gets_in_while_writer_is_active(db: Path):
     assert len(load(db)) == n
 
 
+@pytest.mark.slow
 def test_sigkill_loses_no_committed_batch(db: Path):
     writer = spawn(WRITER, str(db), "100000", "0")
     committed = [writer.stdout.readline().strip() for _ in range(15)]

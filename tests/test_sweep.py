@@ -8,6 +8,8 @@ from spiralsearch.search.driver import run_sweep
 from spiralsearch.search.space import load_space, parse_space
 from spiralsearch.store import config_hash, load, query
 
+pytestmark = pytest.mark.slow  # every test here starts Ray or runs a sweep
+
 SPACE = """
 name: {name}
 data: {{source: "corpus:sotu", seq_len: 32}}
@@ -132,7 +134,7 @@ def test_sweep_joins_a_running_ray_cluster(tmp_path, monkeypatch):
         space = write_space(tmp_path, name="cluster")
         db = tmp_path / "cluster.duckdb"
         run = subprocess.run([str(bin_dir / "spiralsearch"), "sweep", str(space), "--address",
-                              f"127.0.0.1:{port}", "--results", str(db), "--no-progress"],
+                              f"127.0.0.1:{port}", "--db", str(db), "--no-progress"],
                              env=env, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-3000:]
         assert "2 complete" in run.stdout
@@ -162,7 +164,7 @@ def test_killed_driver_resumes_without_losing_finished_trials(tmp_path):
     db = tmp_path / "killed.duckdb"
     cli = str(Path(sys.executable).parent / "spiralsearch")
     env = os.environ | {"RAY_AUTH_MODE": "disabled", "SPIRALSEARCH_CACHE": str(tmp_path / "c")}
-    cmd = [cli, "sweep", str(path), "--results", str(db), "--no-progress"]
+    cmd = [cli, "sweep", str(path), "--db", str(db), "--no-progress"]
     driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     finished: set = set()

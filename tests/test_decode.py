@@ -119,3 +119,28 @@ def test_refuses_to_run_past_max_seq_len():
     assert model.generate(idx, 12).shape == (1, 20)
     with pytest.raises(ValueError, match="exceeds max_seq_len=20"):
         model.generate(idx, 13)
+
+
+@pytest.mark.parametrize("spec, options", [
+    ("1+2x{1/4@1,1/2,1}+1", {}),
+    ("2+1x{1/3@2,1}+1", dict(topology="residual", coarse_positions="token")),
+    ("3", {}),
+    ("1+1x{1/2,1/4@3}+0", dict(topology="anchor", downsample="mean", upsample="repeat",
+                               shift="no_overlap")),
+])
+def test_decoder_flops_equal_the_decode_count(spec, options):
+    """The decoder's real matmul FLOPs per token (torch's FlopCounterMode on the meta device,
+    where it counts attention too) equal counting.decode_flops at every position."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from spiralsearch.model.counting import decode_flops
+    from spiralsearch.model.decode import Decoder
+
+    cfg = ModelConfig.from_spec(spec, d_model=32, n_heads=2, vocab_size=50, max_seq_len=64,
+                                **options)
+    with torch.device("meta"):
+        dec = Decoder(build_model(cfg), 1, 24)
+        for p in range(24):
+            with FlopCounterMode(display=False) as counter:
+                dec.feed(torch.zeros(1, 1, dtype=torch.long))
+            assert counter.get_total_flops() == decode_flops(cfg, p)["total"], p

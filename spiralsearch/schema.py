@@ -54,6 +54,7 @@ class TrialSummary:
     status: str = opt(Status.PENDING.value, "how the trial ended", choices=tuple(Status))
     error: str | None = opt(None, "why it failed, diverged or was refused")
     family: str | None = opt(None, "plain, looped or spiral (from the spec)")
+    group_name: str | None = opt(None, "the comparison group the trial competes in")
     spec: str | None = opt(None, "canonical spec")
     budget_kind: str | None = opt(None, "flops, tokens or params")
     budget_target: float | None = opt(None, "the budget asked for, in budget_kind units")
@@ -68,6 +69,9 @@ class TrialSummary:
     final_val_loss: float | None = opt(None, "validation loss at the end (nats/token)")
     best_val_loss: float | None = opt(None, "lowest validation loss of any evaluation")
     final_val_bpb: float | None = opt(None, "final validation loss in bits per byte")
+    final_test_loss: float | None = opt(None, "test loss at the end (nats/token): what fits "
+                                        "and reports use; selection never sees it")
+    final_test_bpb: float | None = opt(None, "final test loss in bits per byte")
     wall_seconds: float | None = opt(None, "training seconds (resumes included)")
     unigram_entropy: float | None = opt(None, "entropy of the train split's unigrams (nats)")
     optimal_loss: float | None = opt(None, "Bayes-optimal loss where known (nats/token)")

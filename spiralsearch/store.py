@@ -193,12 +193,19 @@ def _v2_summary_columns(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"ALTER TABLE trials ADD COLUMN IF NOT EXISTS {name} {sql}")
 
 
+def _v3_groups_and_test_split(con: duckdb.DuckDBPyConnection) -> None:
+    """Comparison groups and the held-out test split."""
+    for name, sql in (("group_name", "VARCHAR"), ("final_test_loss", "DOUBLE"),
+                      ("final_test_bpb", "DOUBLE")):
+        con.execute(f"ALTER TABLE trials ADD COLUMN IF NOT EXISTS {name} {sql}")
+
+
 # MIGRATIONS[i] takes a file from schema version i to i + 1, inside the write transaction.
 # To change the schema, change spiralsearch.schema and append a function here that brings
 # older files to it (e.g. `ALTER TABLE ... ADD COLUMN IF NOT EXISTS`); never edit a
 # migration that has shipped. A test holds the migrated columns equal to the schema's.
-MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [_v1_create,
-                                                                  _v2_summary_columns]
+MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
+    _v1_create, _v2_summary_columns, _v3_groups_and_test_split]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -94,10 +94,17 @@ class DataConfig(Config):
     tokenizer: str = opt("bytes", "bytes (vocab 256) or bpe:N (trained on the train split)",
                          check=_tokenizer_ok, what="'bytes' or 'bpe:N' with N >= 256")
     seq_len: int = opt(256, "training context (tokens)", **_GE1)
-    val_fraction: float = opt(0.1, "share of documents held out for validation",
+    val_fraction: float = opt(0.1, "share of documents held out for validation (selection)",
                               check=lambda v: 0 < v < 1, what="a value in (0, 1)")
+    test_fraction: float = opt(0.1, "share of documents held out for test (fits, reports)",
+                               check=lambda v: 0 <= v < 1, what="a value in [0, 1)")
     # apart from the training seed, so trials with different seeds score the same data
-    split_seed: int = opt(0, "seed that picks the validation documents")
+    split_seed: int = opt(0, "seed that picks the validation and test documents")
+
+    def __post_init__(self) -> None:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ConfigError(f"data.test_fraction: {self.test_fraction} + val_fraction "
+                              f"{self.val_fraction} leaves no training split")
 
 
 @dataclass(frozen=True)

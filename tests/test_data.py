@@ -219,6 +219,8 @@ def test_split_too_short_for_seq_len():
     with pytest.raises(DataError, match=r"val split has \d+ tokens, fewer than seq_len"):
         ds.get_batch("val", 2, 10_000, step=0)
     with pytest.raises(DataError, match="unknown split"):
+        ds.get_batch("dev", 2, 8, step=0)
+    with pytest.raises(DataError, match=r"test split has 0 tokens"):  # none asked for
         ds.get_batch("test", 2, 8, step=0)
 
 
@@ -365,3 +367,29 @@ def test_file_errors(tmp_path):
         load_dataset(f"tokens:{tmp_path / 'e.bin'}")
     with pytest.raises(DataError, match="val_fraction"):
         load_dataset("synthetic:dyck", val_fraction=1.5)
+
+
+def test_test_split_is_disjoint_and_seeded_apart_from_training(tmp_path):
+    """Train / val / test by document: every document lands in exactly one split; the test
+    documents depend on the split seed and test_fraction only (not on val_fraction), and
+    BPE is trained on the train split alone."""
+    docs = [f"Document {i}:" + " word" * (20 + i) for i in range(40)]
+    (tmp_path / "d.txt").write_text("\n\n\n".join(docs))
+    src = f"text:{tmp_path / 'd.txt'}"
+    ds = load_dataset(src, val_fraction=0.1, test_fraction=0.2, seed=3)
+    parts = {s: ds.decode(getattr(ds, s)) for s in ("train", "val", "test")}
+    where = [[s for s in parts if d + "\n\n" in parts[s]] for d in docs]
+    assert all(len(w) == 1 for w in where)  # disjoint and complete
+    assert sum(w == ["test"] for w in where) == 8 and sum(w == ["val"] for w in where) == 4
+    wider_val = load_dataset(src, val_fraction=0.3, test_fraction=0.2, seed=3)
+    assert np.array_equal(wider_val.test, ds.test)  # val_fraction does not move test
+    assert not np.array_equal(load_dataset(src, val_fraction=0.1, test_fraction=0.2,
+                                           seed=4).test, ds.test)
+    assert ds.test_bytes_per_token == 1.0  # bytes tokenizer
+    assert load_dataset(src).test.size == 0  # the data layer's default: no test split
+    with pytest.raises(DataError, match="test_fraction"):
+        load_dataset(src, val_fraction=0.5, test_fraction=0.5)
+    ids = np.arange(1000, dtype=np.uint16) % 7
+    np.save(tmp_path / "t.npy", ids)
+    tok = load_dataset(f"tokens:{tmp_path / 't.npy'}", val_fraction=0.1, test_fraction=0.2)
+    assert np.array_equal(tok.test, ids[800:]) and np.array_equal(tok.val, ids[700:800])

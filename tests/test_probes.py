@@ -69,7 +69,7 @@ def test_cli_probe_on_a_trained_run(tmp_path, monkeypatch, capsys):
                  "--seq-len", "32", "--batch-size", "4", "--budget-tokens", str(4 * 32 * 4),
                  "--evals", "1", "--eval-batches", "1", "--out", str(out)]) == 0
     capsys.readouterr()
-    assert main(["probe", str(out), "--sequences", "4", "--json"]) == 0
+    assert main(["probe", str(out), "--sequences", "4", "--format", "json"]) == 0
     import json
 
     data = json.loads(capsys.readouterr().out)
@@ -77,6 +77,7 @@ def test_cli_probe_on_a_trained_run(tmp_path, monkeypatch, capsys):
     assert {"layer", "head", "range"} <= set(data["dynamic_heads"]["lam"][0])
 
 
+@pytest.mark.slow
 def test_cli_probe_scores_the_runs_own_split_and_tokenizer(tmp_path, monkeypatch, capsys):
     """With split_seed 1 and a BPE tokenizer, the probe's held-out sequences are the run's
     validation windows, tokenized by the run's tokenizer (the split_seed-0 data differ)."""
@@ -94,9 +95,9 @@ def test_cli_probe_scores_the_runs_own_split_and_tokenizer(tmp_path, monkeypatch
     real = probes.attention_probes
     monkeypatch.setattr(probes, "attention_probes",
                         lambda model, x, **kw: seen.append(x) or real(model, x, **kw))
-    assert main(["probe", str(out), "--sequences", "4", "--json"]) == 0
-    run_ds = load_dataset("corpus:sotu", "bpe:300", val_fraction=0.1, seed=1)
-    other = load_dataset("corpus:sotu", "bpe:300", val_fraction=0.1, seed=0)
+    assert main(["probe", str(out), "--sequences", "4", "--format", "json"]) == 0
+    run_ds = load_dataset("corpus:sotu", "bpe:300", val_fraction=0.1, test_fraction=0.1, seed=1)
+    other = load_dataset("corpus:sotu", "bpe:300", val_fraction=0.1, test_fraction=0.1, seed=0)
     expected, _ = next(run_ds.val_batches(4, 32, 1))
     assert torch.equal(seen[0], expected)
     assert not torch.equal(seen[0], next(other.val_batches(4, 32, 1))[0])

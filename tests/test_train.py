@@ -32,6 +32,7 @@ def small(spec="1+2x{1/4,1}+1", tokens=16 * 64 * 20, **train):
         budget=dict(kind="tokens", value=tokens)))
 
 
+@pytest.mark.slow
 def test_loss_falls_well_below_unigram_entropy():
     result = train(small("1+1x{1/2,1}+1", tokens=16 * 64 * 150, lr=5e-3))
     s = result.summary
@@ -60,6 +61,7 @@ def test_resume_after_interrupt_gives_the_identical_curve(tmp_path):
     assert saved["status"] == "complete" and saved["steps"] == full.summary["steps"]
 
 
+@pytest.mark.slow
 def test_flop_budget_is_met_within_one_percent():
     cfg = ModelConfig.from_spec("1+2x{1/4,1/2,1}+1", "tiny", max_seq_len=128)
     fpt = describe(cfg, seq_len=128)["flops_per_token_train"]  # fvcore's count
@@ -165,3 +167,17 @@ def test_cli_train_bad_input(argv, fragment, tmp_path, capsys):
     files = list((tmp_path / "cache").rglob("*"))
     assert not [p for p in files if p.name.startswith(".")]
     assert all((p.parent / "meta.json").exists() for p in files if p.suffix == ".bin")
+
+
+def test_every_trial_reports_its_test_loss_and_selection_never_sees_it():
+    """A complete trial scores the held-out test split once, at the end: final_test_loss
+    (and bpb) in its summary, none in the per-evaluation metrics the search reads."""
+    result = train(small(tokens=16 * 64 * 4, evals=2))
+    s = result.summary
+    assert s["status"] == "complete" and math.isfinite(s["final_test_loss"])
+    assert s["final_test_bpb"] == pytest.approx(s["final_test_loss"] / math.log(2))  # bytes
+    assert s["final_test_loss"] != s["final_val_loss"]  # other documents
+    assert all("test" not in k for row in result.metrics for k in row)
+    none = train(small(tokens=16 * 64 * 4, evals=1).replace(
+        data=small().data.replace(test_fraction=0.0)))
+    assert math.isnan(none.summary["final_test_loss"])  # no test split asked for

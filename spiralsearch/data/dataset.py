@@ -1,4 +1,4 @@
-"""Datasets: a source string -> train/val token streams, tokenized once and cached.
+"""Datasets: a source string -> train/val/test token streams, tokenized once and cached.
 
     ds = load_dataset("corpus:sotu")                       # bytes tokenizer, vocab 256
     ds = load_dataset("synthetic:dyck:k=2,depth=8", "bytes")
@@ -14,17 +14,19 @@ Sources (options after a last `:` as `name=value,...`; every option has a defaul
                    is split into documents on runs of 2+ blank lines (chapters, in most books),
                    so a single file still gives a train and a val split.
     tokens:PATH[:vocab=N,dtype=uint16,bytes_per_token=B]   a nanoGPT .bin or a .npy of token
-                   ids. A raw stream has no documents: train is the first 1-val_fraction of it,
-                   val the rest. vocab defaults to max id + 1; bytes_per_token to NaN.
+                   ids. A raw stream has no documents: train is its first part, then val
+                   (val_fraction of it), then test (test_fraction). vocab defaults to max id + 1;
+                   bytes_per_token to NaN.
     corpus:sotu    a ~1.6 MB sample of US State of the Union addresses shipped in the package.
     corpus:prose   SOTU + Brown + Wikipedia leads (~22 MB), after `spiralsearch data fetch prose`.
 
-Text sources are split into train and val by document (a seeded shuffle picks the val
-documents; each split keeps the original order), joined (by "\\n\\n" for text, nothing for
+Text sources are split into train, val and test by document (a seeded shuffle picks the test
+documents, then the val ones; each split keeps the original order; test_fraction=0, the
+default here, makes no test split), joined (by "\\n\\n" for text, nothing for
 Dyck, "\\n" ends each PCFG sentence) and tokenized with `bytes` (UTF-8 bytes, vocab 256) or
 `bpe:N` (byte-level BPE with vocab N, trained on the train split). The token files live in
 $SPIRALSEARCH_CACHE (default ~/.cache/spiralsearch) under a hash of the content, tokenizer,
-val_fraction and seed, and are written atomically.
+fractions and seed, and are written atomically.
 """
 
 from __future__ import annotations
@@ -56,8 +58,8 @@ from spiralsearch.data.sources import (
 __all__ = ["DataError", "Dataset", "bits_per_byte", "cache_root", "fetch_prose", "load_dataset",
            "parse_source"]
 
-FORMAT_VERSION = 1  # bump when the cached layout or the splitting rules change
-SPLITS = ("train", "val")
+FORMAT_VERSION = 2  # bump when the cached layout or the splitting rules change
+SPLITS = ("train", "val", "test")
 _ENTROPY_MAX_TOKENS = 1 << 27  # unigram entropy of a huge tokens: file uses its first 134M
 
 
@@ -162,30 +164,32 @@ def _unigram_entropy(ids: np.ndarray, vocab_size: int) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def _bpe_path(corpus: Corpus, n: int, val_fraction: float, seed: int, root: Path) -> Path:
+def _bpe_path(corpus: Corpus, n: int, fractions: tuple[float, float], seed: int, root: Path
+              ) -> Path:
     """Where the BPE tokenizer of this train split is cached."""
-    key = _key(v=FORMAT_VERSION, data=corpus.identity, vf=val_fraction, seed=seed, bpe=n)
+    key = _key(v=FORMAT_VERSION, data=corpus.identity, vf=fractions[0], tf=fractions[1],
+               seed=seed, bpe=n)
     return root / "tokenizers" / f"bpe{n}-{key}.json"
 
 
-def _build(corpus: Corpus, source: str, tokenizer: str, val_fraction: float, seed: int,
-           root: Path, entry: Path) -> None:
+def _build(corpus: Corpus, source: str, tokenizer: str, fractions: tuple[float, float],
+           seed: int, root: Path, entry: Path) -> None:
     """Split, tokenize and write one cache entry: a folder renamed into place when complete."""
     docs = corpus.documents()
-    is_val = split_by_document(len(docs), val_fraction, seed, source)
-    texts = {s: [d + corpus.sep for d, v in zip(docs, is_val, strict=True) if v == (s == "val")]
-             for s in SPLITS}
+    split = split_by_document(len(docs), fractions[0], seed, source, test_fraction=fractions[1])
+    texts = {s: [d + corpus.sep for d, k in zip(docs, split, strict=True) if k == i]
+             for i, s in enumerate(SPLITS)}
     n = _bpe_size(tokenizer)
-    bpe = None if n is None else _bpe_path(corpus, n, val_fraction, seed, root)
+    bpe = None if n is None else _bpe_path(corpus, n, fractions, seed, root)
     if bpe is None:
         tok: ByteTokenizer | BPETokenizer = ByteTokenizer()
     elif bpe.exists():
         tok = BPETokenizer.load(bpe, n)
-    else:  # trained on the train split only, so val is unseen by the tokenizer too
+    else:  # trained on the train split only, so val and test are unseen by the tokenizer too
         tok = BPETokenizer.train(texts["train"], n)
     ids = {s: tok.encode(texts[s]) for s in SPLITS}
     for s in SPLITS:
-        if len(ids[s]) == 0:
+        if len(ids[s]) == 0 and (s != "test" or fractions[1] > 0):
             raise DataError(f"{source}: the {s} split is empty")
     val_text = "".join(texts["val"])
     optimal = None
@@ -196,6 +200,8 @@ def _build(corpus: Corpus, source: str, tokenizer: str, val_fraction: float, see
     meta = dict(version=FORMAT_VERSION, source=source, identity=corpus.identity,
                 tokenizer=tokenizer, vocab_size=tok.vocab_size, dtype=dtype,
                 bytes_per_token=len(val_text.encode("utf-8")) / len(ids["val"]),
+                test_bytes_per_token=(len("".join(texts["test"]).encode("utf-8"))
+                                      / len(ids["test"]) if len(ids["test"]) else None),
                 optimal_loss=optimal, unigram_entropy=_unigram_entropy(ids["train"],
                                                                        tok.vocab_size))
     with atomic_dir(entry, marker="meta.json") as tmp:  # another process may win the race
@@ -211,9 +217,10 @@ def _build(corpus: Corpus, source: str, tokenizer: str, val_fraction: float, see
 
 @dataclass(eq=False)
 class Dataset:
-    """Train and val token streams (read-only memmaps) with what a scaling law needs:
-    bytes_per_token (UTF-8 bytes per val token), optimal_loss (Bayes loss in nats/token, Dyck
-    with bytes only, else None) and unigram_entropy (nats/token of the train split)."""
+    """Train, val and test token streams (read-only memmaps; test is empty without a test
+    split) with what a scaling law needs: bytes_per_token (UTF-8 bytes per val token, and
+    test_bytes_per_token per test token), optimal_loss (Bayes loss in nats/token, Dyck with
+    bytes only, else None) and unigram_entropy (nats/token of the train split)."""
 
     source: str
     tokenizer: str
@@ -224,11 +231,13 @@ class Dataset:
     optimal_loss: float | None
     unigram_entropy: float
     codec: ByteTokenizer | BPETokenizer | None = field(default=None, repr=False)
+    test: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint16), repr=False)
+    test_bytes_per_token: float = math.nan
 
     def _data(self, split: str, seq_len: int) -> np.ndarray:
         if split not in SPLITS:
-            raise DataError(f"unknown split {split!r} (known: train, val)")
-        data = self.train if split == "train" else self.val
+            raise DataError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
+        data = getattr(self, split)
         if len(data) < seq_len + 1:
             raise DataError(f"{self.source}: the {split} split has {len(data)} tokens, "
                             f"fewer than seq_len + 1 = {seq_len + 1}")
@@ -250,17 +259,29 @@ class Dataset:
         return self._windows(data, rng.integers(0, len(data) - seq_len, size=batch_size),
                              seq_len)
 
-    def val_batches(self, batch_size: int, seq_len: int, n_batches: int
-                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """n_batches fixed batches of evenly spaced val windows, the same on every call."""
-        data = self._data("val", seq_len)
+    def eval_batches(self, split: str, batch_size: int, seq_len: int, n_batches: int
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """n_batches fixed batches of evenly spaced windows of a held-out split ("val" or
+        "test"), the same on every call."""
+        data = self._data(split, seq_len)
         starts = np.linspace(0, len(data) - seq_len - 1, batch_size * n_batches)
         starts = starts.round().astype(np.int64).reshape(n_batches, batch_size)
         return (self._windows(data, s, seq_len) for s in starts)
 
-    def bits_per_byte(self, loss: float) -> float:
-        """A loss in nats/token as bits per UTF-8 byte (NaN for tokens: without the option)."""
-        return bits_per_byte(loss, self.bytes_per_token)
+    def val_batches(self, batch_size: int, seq_len: int, n_batches: int
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """n_batches fixed batches of evenly spaced val windows, the same on every call."""
+        return self.eval_batches("val", batch_size, seq_len, n_batches)
+
+    def has_split(self, split: str, seq_len: int) -> bool:
+        """Whether `split` holds at least one window of seq_len + 1 tokens."""
+        return len(getattr(self, split)) >= seq_len + 1
+
+    def bits_per_byte(self, loss: float, split: str = "val") -> float:
+        """A loss in nats/token as bits per UTF-8 byte of `split` (val or test; NaN for
+        tokens: without the option)."""
+        per_token = self.test_bytes_per_token if split == "test" else self.bytes_per_token
+        return bits_per_byte(loss, per_token)
 
     def encode(self, text: str) -> np.ndarray:
         """Token ids of text (not for tokens: sources)."""
@@ -284,7 +305,8 @@ class TokensOptions:
     bytes_per_token: float = math.nan
 
 
-def _load_tokens(src: Source, source: str, tokenizer: str, val_fraction: float) -> Dataset:
+def _load_tokens(src: Source, source: str, tokenizer: str, val_fraction: float,
+                 test_fraction: float) -> Dataset:
     opts = typed_options(source, src.options, TokensOptions)
     if tokenizer != "bytes":
         raise DataError(f"{source}: already tokenized; tokenizer {tokenizer!r} does not apply")
@@ -310,33 +332,53 @@ def _load_tokens(src: Source, source: str, tokenizer: str, val_fraction: float) 
     vocab = opts.vocab or top + 1
     if top >= vocab:
         raise DataError(f"{source}: token id {top} >= vocab={vocab}")
-    n_val = min(len(arr) - 1, max(1, round(val_fraction * len(arr))))
-    train, val = arr[: len(arr) - n_val], arr[len(arr) - n_val :]
+    n_test = max(1, round(test_fraction * len(arr))) if test_fraction > 0 else 0
+    n_val = min(len(arr) - n_test - 1, max(1, round(val_fraction * len(arr))))
+    if n_val < 1:
+        raise DataError(f"{source}: {len(arr)} tokens are too few for a train/val/test split")
+    cut = len(arr) - n_test
+    train, val, test = arr[: cut - n_val], arr[cut - n_val : cut], arr[cut:]
     return Dataset(source, "pretokenized", vocab, train, val, opts.bytes_per_token, None,
-                   _unigram_entropy(train, vocab))
+                   _unigram_entropy(train, vocab), test=test,
+                   test_bytes_per_token=opts.bytes_per_token)
 
 
 def load_dataset(source: str, tokenizer: str = "bytes", *, val_fraction: float = 0.1,
-                 seed: int = 0, cache_dir: str | Path | None = None) -> Dataset:
+                 seed: int = 0, test_fraction: float = 0.0,
+                 cache_dir: str | Path | None = None) -> Dataset:
     """Load a source (see the module docstring), tokenizing and caching it on first use.
-    val_fraction is the share of documents (of tokens, for tokens:) held out for val; seed
-    picks them."""
+    val_fraction and test_fraction are the shares of documents (of tokens, for tokens:) held
+    out for val and test (0: no test split); seed picks them."""
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"val_fraction={val_fraction} must be in (0, 1)")
+    if not 0.0 <= test_fraction < 1.0 or val_fraction + test_fraction >= 1.0:
+        raise DataError(f"test_fraction={test_fraction} must be in [0, 1) and leave a train "
+                        f"split beside val_fraction={val_fraction}")
     src = parse_source(source)
     if src.kind == "tokens":
-        return _load_tokens(src, source, tokenizer, val_fraction)
+        return _load_tokens(src, source, tokenizer, val_fraction, test_fraction)
     n = _bpe_size(tokenizer)
     root = cache_root(cache_dir)
     corpus = resolve(src, source, root)
-    key = _key(v=FORMAT_VERSION, data=corpus.identity, tok=tokenizer, vf=val_fraction, seed=seed)
+    fractions = (val_fraction, test_fraction)
+    key = _key(v=FORMAT_VERSION, data=corpus.identity, tok=tokenizer, vf=val_fraction,
+               tf=test_fraction, seed=seed)
     entry = root / "datasets" / key
-    bpe = None if n is None else _bpe_path(corpus, n, val_fraction, seed, root)
+    bpe = None if n is None else _bpe_path(corpus, n, fractions, seed, root)
     if not (entry / "meta.json").exists() or (bpe and not bpe.exists()):
         shutil.rmtree(entry, ignore_errors=True)  # tokens without their tokenizer are useless
-        _build(corpus, source, tokenizer, val_fraction, seed, root, entry)
+        _build(corpus, source, tokenizer, fractions, seed, root, entry)
     meta = json.loads((entry / "meta.json").read_text())
-    split = {s: np.memmap(entry / f"{s}.bin", dtype=meta["dtype"], mode="r") for s in SPLITS}
+    split = {s: _read_tokens(entry / f"{s}.bin", meta["dtype"]) for s in SPLITS}
     codec = ByteTokenizer() if bpe is None else BPETokenizer.load(bpe, meta["vocab_size"])
     return Dataset(source, tokenizer, meta["vocab_size"], split["train"], split["val"],
-                   meta["bytes_per_token"], meta["optimal_loss"], meta["unigram_entropy"], codec)
+                   meta["bytes_per_token"], meta["optimal_loss"], meta["unigram_entropy"], codec,
+                   test=split["test"], test_bytes_per_token=meta["test_bytes_per_token"]
+                   or math.nan)
+
+
+def _read_tokens(path: Path, dtype: str) -> np.ndarray:
+    """A cached split as a read-only memmap (an empty split, which memmap refuses, as [])."""
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")

@@ -176,16 +176,25 @@ def _corpus(src: Source, source: str, root: Path) -> Corpus:
                    sep=TEXT_SEP)
 
 
-def split_by_document(n_docs: int, val_fraction: float, seed: int, source: str) -> np.ndarray:
-    """Boolean mask of the val documents: round(val_fraction * n_docs) of them, at least 1,
-    picked by a seeded shuffle."""
-    if n_docs < 2:
-        raise DataError(f"{source}: {n_docs} document(s); a train/val split by document needs "
-                        "2 or more (separate documents by 2+ blank lines, or give more files)")
-    n_val = min(n_docs - 1, max(1, round(val_fraction * n_docs)))
-    is_val = np.zeros(n_docs, dtype=bool)
-    is_val[np.random.default_rng(seed).permutation(n_docs)[:n_val]] = True
-    return is_val
+def split_by_document(n_docs: int, val_fraction: float, seed: int, source: str,
+                      test_fraction: float = 0.0) -> np.ndarray:
+    """The split of every document, 0 train, 1 val, 2 test (int8, one per document), picked
+    by a seeded shuffle: the first round(test_fraction * n_docs) shuffled documents are test
+    (so the test set moves with neither val_fraction nor the training seed), the next
+    round(val_fraction * n_docs), at least 1, are val, the rest (at least 1) train."""
+    n_test = round(test_fraction * n_docs) if test_fraction > 0 else 0
+    if test_fraction > 0:
+        n_test = max(1, n_test)
+    if n_docs < 2 + n_test:
+        raise DataError(f"{source}: {n_docs} document(s); a train/val{'/test' if n_test else ''}"
+                        f" split by document needs {2 + n_test} or more (separate documents by "
+                        "2+ blank lines, or give more files)")
+    n_val = min(n_docs - n_test - 1, max(1, round(val_fraction * n_docs)))
+    order = np.random.default_rng(seed).permutation(n_docs)
+    split = np.zeros(n_docs, dtype=np.int8)
+    split[order[:n_test]] = 2
+    split[order[n_test:n_test + n_val]] = 1
+    return split
 
 
 def resolve(src: Source, source: str, root: Path) -> Corpus:

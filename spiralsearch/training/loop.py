@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from spiralsearch.atomic import atomic_save, atomic_write_json
-from spiralsearch.config import OptimConfig, TrialConfig
+from spiralsearch.config import DataConfig, OptimConfig, TrialConfig
 from spiralsearch.data.dataset import DataError, Dataset, load_dataset
 from spiralsearch.model.counting import count_params
 from spiralsearch.model.transformer import build_model
@@ -71,12 +71,14 @@ def _optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, ds: Dataset, cfg: TrialConfig, device: torch.device
-             ) -> float:
-    """Mean validation loss (nats/token) over the fixed validation slice."""
+def evaluate(model: torch.nn.Module, ds: Dataset, cfg: TrialConfig, device: torch.device,
+             split: str = "val") -> float:
+    """Mean loss (nats/token) over the fixed windows of a held-out split: val (what search
+    and early stopping see) or test (what fits and reports use, scored once at the end)."""
     model.eval()
     losses = []
-    for x, y in ds.val_batches(cfg.train.batch_size, cfg.data.seq_len, cfg.train.eval_batches):
+    for x, y in ds.eval_batches(split, cfg.train.batch_size, cfg.data.seq_len,
+                                cfg.train.eval_batches):
         with _autocast(device):
             logits = model(x.to(device))
         losses.append(torch.nn.functional.cross_entropy(
@@ -101,11 +103,18 @@ def _save_checkpoint(path: Path, model, opt, step: int, metrics: list, wall: flo
     atomic_save(state, path)
 
 
+def load_split(data: DataConfig) -> Dataset:
+    """The dataset a data section names, split into train, val and test by document (the
+    one call of load_dataset: trials, the sweep driver's preparation and probes share it)."""
+    return load_dataset(data.source, data.tokenizer, val_fraction=data.val_fraction,
+                        test_fraction=data.test_fraction, seed=data.split_seed)
+
+
 def load_data(config: TrialConfig) -> Dataset:
     """The trial's dataset: its source, tokenizer and split, exactly as training saw them
     (probes and reruns ask here, so they score the run's own held-out documents)."""
     d = config.data
-    ds = load_dataset(d.source, d.tokenizer, val_fraction=d.val_fraction, seed=d.split_seed)
+    ds = load_split(d)
     if ds.vocab_size > config.model.vocab_size:
         raise DataError(f"{d.source}: {ds.vocab_size} token ids but the model's vocabulary "
                         f"is {config.model.vocab_size}; set model.vocab_size")
@@ -204,14 +213,18 @@ def train(config: TrialConfig | dict, *, out_dir: str | Path | None = None,
             bar.update(step, loss_value)
     if bar is not None:
         bar.close()
-    result = TrainResult(_summary(config, p, ds, model, status, error, step, metrics), metrics)
+    # the test split is scored once, on the final model, and never reported to the search
+    test = (evaluate(model, ds, config, device, "test") if status == Status.COMPLETE
+            and ds.has_split("test", config.data.seq_len) else math.nan)
+    result = TrainResult(_summary(config, p, ds, model, status, error, step, metrics, test),
+                         metrics)
     if out is not None:
         write_summary(out, result.summary)
     return result
 
 
 def _summary(config: TrialConfig, p: Plan, ds: Dataset, model, status: str, error, step: int,
-             metrics: list[dict]) -> dict[str, Any]:
+             metrics: list[dict], test_loss: float) -> dict[str, Any]:
     """The TrialSummary of a run (plus its `config`), as summary.json holds it."""
     params = count_params(model)
     vals = [m["val_loss"] for m in metrics if math.isfinite(m["val_loss"])]
@@ -222,7 +235,8 @@ def _summary(config: TrialConfig, p: Plan, ds: Dataset, model, status: str, erro
         budget_kind=p.kind, budget_target=p.target, budget_achieved=p.achieved_at(step),
         steps=step, tokens=tokens, train_flops=tokens * p.flops_per_token,
         flops_per_token=p.flops_per_token, final_val_loss=last.get("val_loss", math.nan),
-        final_val_bpb=last.get("val_bpb", math.nan),
+        final_val_bpb=last.get("val_bpb", math.nan), final_test_loss=test_loss,
+        final_test_bpb=ds.bits_per_byte(test_loss, "test"),
         best_val_loss=min(vals) if vals else math.nan, params_total=params["total"],
         params_non_embedding=params["non_embedding"], params_unrolled=params["unrolled"],
         wall_seconds=last.get("wall_seconds", 0.0), unigram_entropy=ds.unigram_entropy,

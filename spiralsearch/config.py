@@ -127,6 +127,10 @@ class OptimConfig(Config):
                       check=lambda v: bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?", v)),
                       what="auto, cpu, cuda or cuda:N")
     threads: int = opt(0, "torch CPU threads; 0 leaves torch's default", **_GE0)
+    # auto: on CUDA only. On this 2-core CPU compiling costs more than it saves for the
+    # minutes-long trials CPU sweeps run (benchmarks/results/compile.json)
+    compile: str = opt("auto", "torch.compile the model: auto (on CUDA), on, off",
+                       choices=("auto", "on", "off"))
 
 
 @dataclass(frozen=True)

@@ -188,7 +188,7 @@ def test_groups_per_budget_and_family(space):
                                   "data.tokenizer": "bytes", "data.seq_len": 256,
                                   "train.batch_size": 16}
     none = parse_space(edit("group_by: family", "group_by: none"))
-    assert [(g.budget.value, g.family, len(g.specs)) for g in none.groups()] == [
+    assert [(g.budget.value, g.name, len(g.specs)) for g in none.groups()] == [
         (3e12, "all", 4), (1e13, "all", 4), (3e13, "all", 4)]
 
 

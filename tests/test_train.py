@@ -181,3 +181,19 @@ def test_every_trial_reports_its_test_loss_and_selection_never_sees_it():
     none = train(small(tokens=16 * 64 * 4, evals=1).replace(
         data=small().data.replace(test_fraction=0.0)))
     assert math.isnan(none.summary["final_test_loss"])  # no test split asked for
+
+
+def test_compile_option_picks_the_forward():
+    """train.compile: on wraps the model in torch.compile, auto only on CUDA, off never; the
+    wrapper shares the model's parameters. (Compiling on this CPU takes minutes, so that
+    compiled training gives eager's losses is checked by benchmarks/bench_compile.py.)"""
+    from spiralsearch.config import ConfigError
+    from spiralsearch.training.loop import compiled
+
+    model = torch.nn.Linear(2, 2)
+    assert compiled(model, "auto", torch.device("cpu")) is model
+    assert compiled(model, "off", torch.device("cuda")) is model
+    wrapped = compiled(model, "on", torch.device("cpu"))  # lazy: nothing compiles yet
+    assert wrapped is not model and wrapped._orig_mod is model
+    with pytest.raises(ConfigError, match="train.compile: 'yes' is not one of auto, on, off"):
+        small(compile="yes")

@@ -1,4 +1,5 @@
 """The fit table of a results file (docs/design.md §6): L(C) = E + A·C^(−α) per group
+(the sweep's comparison groups, `group_name`; the family in files from before them)
 on its best trial per budget (all its trials when it has fewer than 3 budgets), the compute
 multiplier against the plain family, and a backtest.
 
@@ -58,6 +59,14 @@ def _usable(trials: pd.DataFrame) -> pd.DataFrame:
     return trials[ok]
 
 
+def grouped(df: pd.DataFrame, by: str) -> pd.DataFrame:
+    """Trials ready to group by `by`: grouped by group_name, a trial stored before group
+    names (NULL) counts in its family's group."""
+    if by == "group_name" and "group_name" in df and len(df):
+        df = df.assign(group_name=df["group_name"].fillna(df["family"]))
+    return df
+
+
 def _fit_points(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(compute FLOPs, loss) to fit: best trial per budget, or all with < 3 budgets."""
     c, loss = df["train_flops"].to_numpy(float), df["final_val_loss"].to_numpy(float)
@@ -65,18 +74,29 @@ def _fit_points(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return (c[idx], loss[idx]) if len(idx) >= 3 else (c, loss)
 
 
-def fit_table(trials: pd.DataFrame, by: str = "family", bootstrap: int = 0, seed: int = 0,
+def group_column(trials: pd.DataFrame) -> str:
+    """What groups the trials by default: `group_name`, the sweep's comparison groups, when
+    any trial has one; else `family` (results files from before comparison groups)."""
+    if "group_name" in trials and trials["group_name"].notna().any():
+        return "group_name"
+    return "family"
+
+
+def fit_table(trials: pd.DataFrame, by: str | None = None, bootstrap: int = 0, seed: int = 0,
               reference: str = "plain") -> list[dict[str, Any]]:
-    """One row per group (family by default): n trials, E, A, alpha with their bootstrap
-    intervals, the compute multiplier against `reference` (how many times the compute the
-    reference family needs to reach the loss this family reaches at its largest budget; > 1
-    means this family is more compute-efficient), and the backtest's relative error."""
+    """One row per group (`by`, a trials column; default `group_column`: the sweep's
+    comparison groups): n trials, E, A, alpha with their bootstrap intervals, the compute
+    multiplier against the `reference` group (how many times the compute the reference needs
+    to reach the loss this group reaches at its largest budget; > 1 means this group is more
+    compute-efficient), and the backtest's relative error."""
     return _fit_groups(trials, by, bootstrap, seed, reference)[0]
 
 
-def _fit_groups(trials: pd.DataFrame, by: str, bootstrap: int, seed: int, reference: str):
+def _fit_groups(trials: pd.DataFrame, by: str | None, bootstrap: int, seed: int,
+                reference: str):
     """fit_table's rows, and the fits with the points they were made from, per group."""
-    df = _usable(trials)
+    by = by or group_column(trials)
+    df = grouped(_usable(trials), by)
     rows: list[dict[str, Any]] = []
     fits: dict[str, tuple[PowerLawFit, np.ndarray, np.ndarray]] = {}
     for name, g in df.groupby(by, sort=True):
@@ -123,7 +143,7 @@ def _ci(row: dict, key: str) -> str:
 
 def fit_rows_text(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Column names and formatted cells of a fit table (for the CLI and the report)."""
-    cols = ["family", "trials", "points fitted", "E", "A", "alpha", "compute x vs plain",
+    cols = ["group", "trials", "points fitted", "E", "A", "alpha", "compute x vs plain",
             "backtest error"]
     cells = []
     for r in rows:

@@ -18,6 +18,8 @@ from spiralsearch.analysis.fits import (
     _fit_groups,
     _usable,
     fit_rows_text,
+    group_column,
+    grouped,
     load_results,
 )
 from spiralsearch.analysis.scaling import (
@@ -27,14 +29,26 @@ from spiralsearch.analysis.scaling import (
 from spiralsearch.atomic import atomic_write_text
 
 COLORS = {"plain": "#1f77b4", "looped": "#ff7f0e", "spiral": "#2ca02c"}
+# for groups that are not (all) families: plotly's default qualitative palette, cycled
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf")
 
 
-def _loss_vs_compute(df: pd.DataFrame, fits: dict, bands: dict):
+def group_colors(names) -> dict[str, str]:
+    """A colour per group: the family colours when every group is a family, else the
+    palette in the groups' sorted order (cycling past ten groups)."""
+    names = sorted({str(n) for n in names})
+    if set(names) <= set(COLORS):
+        return {n: COLORS[n] for n in names}
+    return {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(names)}
+
+
+def _loss_vs_compute(df: pd.DataFrame, fits: dict, bands: dict, by: str, colors: dict):
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for fam, g in df.groupby("family"):
-        color = COLORS.get(fam, None)
+    for fam, g in df.groupby(by):
+        color = colors.get(str(fam))
         c, loss = g["train_flops"].to_numpy(float), g["final_val_loss"].to_numpy(float)
         fig.add_scatter(x=c, y=loss, mode="markers", name=f"{fam} trials", opacity=0.45,
                         marker=dict(color=color, size=9), legendgroup=fam,
@@ -69,58 +83,66 @@ def _band(fit: PowerLawFit):
     return lambda grid: np.percentile(E + A * grid[None, :] ** -alpha, [2.5, 97.5], axis=0)
 
 
-def _scatter_by_family(df: pd.DataFrame, x: str, title: str, xtitle: str, log: bool):
+def _scatter_by_group(df: pd.DataFrame, x: str, title: str, xtitle: str, log: bool, by: str,
+                      colors: dict):
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for fam, g in df.groupby("family"):
-        fig.add_scatter(x=g[x], y=g["final_val_loss"], mode="markers", name=fam,
-                        marker=dict(color=COLORS.get(fam), size=9), text=g["spec"],
+    for fam, g in df.groupby(by):
+        fig.add_scatter(x=g[x], y=g["final_val_loss"], mode="markers", name=str(fam),
+                        marker=dict(color=colors.get(str(fam)), size=9), text=g["spec"],
                         hovertemplate="%{text}<br>%{x:.4g}<br>loss %{y:.4f}<extra></extra>")
     fig.update_layout(title=title, xaxis_title=xtitle, yaxis_title="val loss (nats/token)",
                       xaxis_type="log" if log else "linear")
     return fig
 
 
-def _curves(df: pd.DataFrame, metrics: pd.DataFrame):
+def _curves(df: pd.DataFrame, metrics: pd.DataFrame, by: str, colors: dict):
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for fam, g in df.groupby("family"):
+    for fam, g in df.groupby(by):
         c, loss = g["train_flops"].to_numpy(float), g["final_val_loss"].to_numpy(float)
         for tid, spec in zip(g["trial_id"].to_numpy()[frontier(c, loss)],
                              g["spec"].to_numpy()[frontier(c, loss)], strict=True):
             m = metrics[metrics["trial_id"] == tid]
             fig.add_scatter(x=m["train_flops"], y=m["val_loss"], mode="lines+markers",
-                            name=f"{fam} {spec} ({tid[:6]})", line=dict(color=COLORS.get(fam)))
+                            name=f"{fam} {spec} ({tid[:6]})",
+                            line=dict(color=colors.get(str(fam))))
     fig.update_layout(title="Validation-loss curves of the frontier trials", xaxis_type="log",
                       xaxis_title="training FLOPs", yaxis_title="val loss (nats/token)")
     return fig
 
 
 def build_report(db: str | Path, out: str | Path | None = None, *, bootstrap: int = 100,
-                 seed: int = 0) -> Path:
+                 seed: int = 0, by: str | None = None) -> Path:
     """Write the HTML report of a results file; returns its path (default
-    reports/NAME.html). Self-contained: plotly's JavaScript is embedded once."""
+    reports/NAME.html). Fits, colours and curves are per group: `by` a trials column, by
+    default the sweep's comparison groups (`group_name`; `family` in older files).
+    Self-contained: plotly's JavaScript is embedded once."""
     import plotly.offline
 
     data = load_results(db)
     trials, metrics, sweeps = data["trials"], data["metrics"], data["sweeps"]
     name = sweeps["name"].iloc[0] if not sweeps.empty else Path(db).stem
     out = Path(out) if out else Path("reports") / f"{name}.html"
-    df = _usable(trials)
-    rows, fitted = _fit_groups(trials, "family", bootstrap, seed, "plain")
+    by = by or group_column(trials)
+    df = grouped(_usable(trials), by)
+    colors = group_colors(df[by].dropna()) if not df.empty else {}
+    rows, fitted = _fit_groups(trials, by, bootstrap, seed, "plain")
     fits = {fam: f for fam, (f, _, _) in fitted.items()}
     bands = {fam: b for fam, (f, _, _) in fitted.items() if (b := _band(f)) is not None}
     figs = []
     if not df.empty:
-        figs.append(_loss_vs_compute(df, fits, bands))
-        figs.append(_scatter_by_family(df, "params_non_embedding", "Validation loss vs stored "
-                                       "parameters", "non-embedding parameters", log=True))
+        figs.append(_loss_vs_compute(df, fits, bands, by, colors))
+        figs.append(_scatter_by_group(df, "params_non_embedding", "Validation loss vs stored "
+                                      "parameters", "non-embedding parameters", True, by,
+                                      colors))
         if df["recurrence_ratio"].nunique() > 1:
-            figs.append(_scatter_by_family(df, "recurrence_ratio", "Validation loss vs "
-                                           "recurrence ratio", "N_loop / stored layers", False))
-        figs.append(_curves(df, metrics))
+            figs.append(_scatter_by_group(df, "recurrence_ratio", "Validation loss vs "
+                                          "recurrence ratio", "N_loop / stored layers", False,
+                                          by, colors))
+        figs.append(_curves(df, metrics, by, colors))
     cols, cells = fit_rows_text(rows)
     body = [_header(name, sweeps, trials), _table(cols, cells)]
     body += [f.to_html(full_html=False, include_plotlyjs=False, default_height="520px")
@@ -164,8 +186,8 @@ def _table(cols: list[str], cells: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in r) + "</tr>"
                    for r in cells)
-    return (f"<h2>Compute-loss fits</h2><p>L(C) = E + A·C<sup>−α</sup> per family on its best "
+    return (f"<h2>Compute-loss fits</h2><p>L(C) = E + A·C<sup>−α</sup> per group on its best "
             f"trial per budget, 95% bootstrap intervals in brackets. <i>compute x vs plain</i>: "
-            f"how many times its compute the plain family needs to reach the loss this family "
+            f"how many times its compute the plain group needs to reach the loss this group "
             f"reaches at its largest budget (&gt; 1: more compute-efficient than plain)."
             f"</p><table><tr>{head}</tr>{body}</table>")

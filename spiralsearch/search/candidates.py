@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 
 from spiralsearch.config import DataConfig, OptimConfig, resolve_model
-from spiralsearch.search.space import SearchSpace
+from spiralsearch.search.space import Group, SearchSpace
 from spiralsearch.search.validate import (
     SpaceError,
     values_of,
@@ -21,8 +21,9 @@ from spiralsearch.training.budget import (
 
 
 def _candidates(space: SearchSpace):
-    """(model options, seq_len, batch_size, ModelConfig) for every choice and endpoint,
-    each resolved as its trial will be (resolve_model)."""
+    """(model options, seq_len, batch_size, ModelConfig, flat options) for every choice and
+    endpoint, each resolved as its trial will be (resolve_model); the flat options
+    ("model.spec", "data.seq_len", ...) say which groups the candidate belongs to."""
     model = {k: values_of(v) for k, v in space.model.items() if k != "family"}
     data = [values_of(space.data.get(k, getattr(DataConfig(), k)))
             for k in ("seq_len", "tokenizer", "source")]
@@ -31,7 +32,17 @@ def _candidates(space: SearchSpace):
         opts = dict(zip(model, combo, strict=True))
         for seq_len, tok, src, bs in itertools.product(*data, batch):
             cfg, _ = resolve_model(opts, DataConfig(source=src, tokenizer=tok, seq_len=seq_len))
-            yield opts, seq_len, bs, cfg
+            flat = {f"model.{k}": v for k, v in opts.items()} | {
+                "data.seq_len": seq_len, "data.tokenizer": tok, "data.source": src,
+                "train.batch_size": bs}
+            yield opts, seq_len, bs, cfg, flat
+
+
+def _in_group(flat: dict, group: Group) -> bool:
+    """Whether a candidate can be one of the group's trials (options that do not shape the
+    plan, such as train.lr, are left aside)."""
+    return flat["model.spec"] in group.specs and all(
+        flat[k] == v for k, v in group.options if k in flat)
 
 
 def check_candidates(space: SearchSpace) -> list[dict]:
@@ -42,8 +53,9 @@ def check_candidates(space: SearchSpace) -> list[dict]:
     {budget, status ('ok' | 'rejected'), steps, tokens, train_flops, params_non_embedding,
     reason}. A refused candidate is a row (the sweep records it as rejected); a budget value
     that refuses every candidate of a group raises SpaceError."""
-    rows = []
-    for opts, seq_len, bs, cfg in _candidates(space):
+    rows, flats = [], []
+    for opts, seq_len, bs, cfg, flat in _candidates(space):
+        flats.append(flat)
         row = dict(spec=opts["spec"], family=space.family_of(opts["spec"]), model=opts,
                    seq_len=seq_len, batch_size=bs, vocab_size=cfg.vocab_size,
                    params_non_embedding=non_embedding_params(cfg),
@@ -61,10 +73,11 @@ def check_candidates(space: SearchSpace) -> list[dict]:
         rows.append(row)
     for g in space.groups():
         i = space.budgets.index(g.budget)
-        reasons = [r["budgets"][i]["reason"] for r in rows if r["spec"] in g.specs]
+        reasons = [r["budgets"][i]["reason"] for r, flat in zip(rows, flats, strict=True)
+                   if _in_group(flat, g)]
         if reasons and all(reasons):
             what = str(g.budget)
-            fam = "" if g.family == "all" else f"{g.family!r} "
+            fam = "" if space.search.group_by == "none" else f"{g.name!r} "
             why = ("gives less than one step" if all("less than one step" in r for r in reasons)
                    else "is refused")
             raise SpaceError(f"budget.values[{i}]: {what} {why} for every {fam}candidate "

@@ -1,9 +1,9 @@
 """Sweeps: a YAML search space run by Ray Tune with Optuna, results in DuckDB (docs/design.md
-§4). Every (budget, family) group of the space runs `samples_per_budget` trials proposed by
-its own Optuna study, with its own ASHA rungs, so each family gets the same number of shots
-at each budget (fair frontiers); all groups share one Tuner, so trial slots never idle. Trial
-workers only report to Ray Tune; the driver's `StoreCallback` is the single writer of the
-results file.
+§4). Every (budget, group) of the space (groups per search.group_by: families by default)
+runs `samples_per_budget` trials proposed by its own Optuna study, with its own ASHA rungs, so
+each group gets the same number of shots at each budget (fair frontiers); all groups share
+one Tuner, so trial slots never idle. Trial workers only report to Ray Tune; the driver's
+`StoreCallback` is the single writer of the results file.
 """
 
 
@@ -126,7 +126,7 @@ def _run_all(space: SearchSpace, *, store: ResultsStore, prev: Previous, checkpo
 def run_sweep(space: SearchSpace | str | Path, *, results: str | Path | None = None,
               address: str | None = None, max_concurrent: int | None = None,
               progress: bool = True, callbacks: tuple = ()) -> SweepReport:
-    """Run every (budget, family) group of a search space; returns counts by status.
+    """Run every (budget, group) of a search space; returns counts by status.
 
     Results go to `results` (default results/NAME.duckdb). Ray: joins `address`, or uses
     the Ray already initialised in this process, or starts a local one for the run. Extra
@@ -134,11 +134,12 @@ def run_sweep(space: SearchSpace | str | Path, *, results: str | Path | None = N
     t0 = time.perf_counter()
     if not isinstance(space, SearchSpace):
         space = load_space(space)
-    check_candidates(space)  # a (budget, family) group that no candidate can run: refuse now
+    check_candidates(space)  # a (budget, group) that no candidate can run: refuse now
     path = Path(results) if results else store_path(space.name)
     path = path.resolve()
     store = ResultsStore(path)
-    prev = Previous.load(path, space, space.groups())
+    groups = space.groups()
+    prev = Previous.load(path, space, groups)
     owns_ray = start_ray(address)
     status = "interrupted"
     try:
@@ -156,9 +157,7 @@ def run_sweep(space: SearchSpace | str | Path, *, results: str | Path | None = N
     try:
         with LiveView(space, enabled=progress) as view:
             for tid, r in prev.done.items():
-                group = next(g for g in space.groups() if g.family == r["family"]
-                             and g.budget.value == r["budget_target"])
-                view.update(group, tid, "complete", r.get("final_val_loss"))
+                view.update(groups[prev.group_of[tid]], tid, "complete", r.get("final_val_loss"))
             _run_all(space, store=store, prev=prev, checkpoints=work / "checkpoints",
                      storage=work / "ray", max_concurrent=max_concurrent, view=view,
                      callbacks=callbacks)
@@ -180,13 +179,13 @@ def _prepare_data(space: SearchSpace) -> None:
     import itertools
 
     from spiralsearch.config import DataConfig
-    from spiralsearch.data.dataset import load_dataset
     from spiralsearch.search.validate import values_of
+    from spiralsearch.training.loop import load_split
 
-    keys = ("source", "tokenizer", "val_fraction", "split_seed")
+    keys = ("source", "tokenizer", "val_fraction", "test_fraction", "split_seed")
     options = [values_of(space.data.get(k, getattr(DataConfig(), k))) for k in keys]
-    for source, tokenizer, val_fraction, seed in itertools.product(*options):
-        load_dataset(source, tokenizer, val_fraction=val_fraction, seed=seed)
+    for combo in itertools.product(*options):
+        load_split(DataConfig(**dict(zip(keys, combo, strict=True))))
 
 
 def _count(store: ResultsStore, sweep: str) -> dict[str, int]:

@@ -38,8 +38,10 @@ class StoreCallback(Callback):
 
     def _row(self, trial, **fields) -> dict:
         config = self._config(trial)
+        spec = str(config.model.spec)
         return dict(sweep=self.sweep, trial_id=config.trial_id, config=config.to_dict(),
-                    family=self._group(trial).family, spec=str(config.model.spec)) | fields
+                    family=self.space.family_of(spec), group_name=self._group(trial).name,
+                    spec=spec) | fields
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._trials.append(self._row(trial, status=Status.RUNNING.value))
@@ -60,7 +62,8 @@ class StoreCallback(Callback):
         status = r.get("status", Status.FAILED.value)
         if status == Status.RUNNING:  # the scheduler (ASHA) stopped it early
             status = Status.STOPPED.value
-        fields = {k: v for k, v in pick(r, SUMMARY_KEYS).items() if k not in ("family", "spec")}
+        fields = {k: v for k, v in pick(r, SUMMARY_KEYS).items()
+                  if k not in ("family", "group_name", "spec")}
         if status == Status.STOPPED:
             fields |= dict(final_val_loss=r.get("val_loss"), final_val_bpb=r.get("val_bpb"),
                            best_val_loss=self._best.get(r.get("config_hash"), math.nan))
@@ -97,7 +100,7 @@ class StoreCallback(Callback):
 
 
 class LiveView:
-    """A live table: trials done / running / failed per (budget, family), best loss so far."""
+    """A live table: trials done / running / failed per (budget, group), best loss so far."""
 
     def __init__(self, space: SearchSpace, enabled: bool = True):
         self.space, self.enabled = space, enabled
@@ -123,7 +126,7 @@ class LiveView:
             print()
 
     def update(self, group: Group, tid: str | None, status: str, loss: float | None = None):
-        key = (group.budget.value, group.family)
+        key = (group.budget.value, group.name)
         self.status[key][tid or f"?{len(self.status[key])}"] = status
         if loss is not None and math.isfinite(loss):
             self.best[key] = min(loss, self.best.get(key, math.inf))
@@ -134,13 +137,13 @@ class LiveView:
         from rich.table import Table
 
         t = Table(title=f"sweep {self.space.name}")
-        for c in ("budget", "family", "done", "running", "failed/rejected", "best val loss"):
+        for c in ("budget", "group", "done", "running", "failed/rejected", "best val loss"):
             t.add_column(c, justify="right")
         for g in self.space.groups():
-            st = list(self.status[(g.budget.value, g.family)].values())
+            st = list(self.status[(g.budget.value, g.name)].values())
             done = sum(s in ("complete", "stopped", "diverged") for s in st)
             bad = sum(s in ("failed", "rejected") for s in st)
-            best = self.best.get((g.budget.value, g.family))
-            t.add_row(f"{g.budget.value:.3g}", g.family, f"{done}/{g.n_samples(self.space)}",
+            best = self.best.get((g.budget.value, g.name))
+            t.add_row(f"{g.budget.value:.3g}", g.name, f"{done}/{g.n_samples(self.space)}",
                       str(st.count("running")), str(bad), "-" if best is None else f"{best:.4f}")
         return t

@@ -13,6 +13,7 @@ from spiralsearch.schema import FINAL_STATUSES, SUMMARY_KEYS, Status, pick
 from spiralsearch.search.space import (
     Group,
     SearchSpace,
+    SpaceError,
     resolve,
 )
 from spiralsearch.search.worker import OBJECTIVE
@@ -27,6 +28,7 @@ class Previous:
     """What earlier runs of this sweep left in the results file, by group index."""
 
     done: dict[str, dict] = field(default_factory=dict)  # complete: trial_id -> final result
+    group_of: dict[str, int] = field(default_factory=dict)  # complete: trial_id -> group
     finished: dict[int, int] = field(default_factory=dict)  # trials with a final status
     evaluated: dict[int, list[tuple[dict, float]]] = field(default_factory=dict)
     unfinished: dict[int, list[dict]] = field(default_factory=dict)  # killed mid-run
@@ -39,8 +41,7 @@ class Previous:
         df = load(results)
         for r in df[df["sweep"] == space.name].to_dict("records") if len(df) else []:
             config = r["config"] if isinstance(r["config"], dict) else json.loads(r["config"])
-            g = next((i for i, grp in enumerate(groups) if grp.family == r["family"]
-                      and grp.budget.to_dict() == config["budget"]), None)
+            g = _group_of(r, config, space, groups)
             if g is None:  # the YAML changed since: not part of this sweep's groups now
                 continue
             params = _params(config, groups[g].optuna_space(space))
@@ -49,12 +50,32 @@ class Previous:
                 result = pick(r, SUMMARY_KEYS)
                 result[OBJECTIVE] = r[_STORED_METRIC[space.search.metric]]
                 prev.done[r["trial_id"]] = result
+                prev.group_of[r["trial_id"]] = g
                 prev.evaluated.setdefault(g, []).append((params, result[OBJECTIVE]))
             if status in FINAL_STATUSES:
                 prev.finished[g] = prev.finished.get(g, 0) + 1
             else:
                 prev.unfinished.setdefault(g, []).append(params)
         return prev
+
+
+def _group_of(row: dict, config: dict, space: SearchSpace, groups: list[Group]) -> int | None:
+    """The index of the stored trial's group: by (budget, group_name), the family for rows
+    written before group names; None unless resolving its params in that group gives the
+    very trial (same id), so a group whose definition changed does not adopt it."""
+    name = row.get("group_name")
+    if not isinstance(name, str):  # NULL (NaN in pandas): a file from before group names
+        name = row["family"]
+    g = next((i for i, grp in enumerate(groups) if grp.name == name
+              and grp.budget.to_dict() == config["budget"]), None)
+    if g is None:
+        return None
+    try:
+        params = _params(config, groups[g].optuna_space(space))
+        same = resolve(space, groups[g], params).trial_id == row["trial_id"]
+    except (SpaceError, KeyError):
+        return None
+    return g if same else None
 
 
 def _params(config: dict, dists: dict) -> dict:

@@ -2,7 +2,7 @@
 
     space = load_space("search_spaces/quickstart.yaml")  # SpaceError on any problem
     rows = check_candidates(space)        # every candidate planned under every budget
-    for group in space.groups():          # one per (budget, family): fair frontiers
+    for group in space.groups():          # one per (budget, group): fair frontiers
         dists = group.optuna_space(space)  # {"model.spec": Categorical, "train.lr": Float}
         config = resolve(space, group, params)  # nested dict for TrainConfig.from_dict
 
@@ -10,6 +10,11 @@ Model, data and train options are plain values or distributions: {choice: [...]}
 {int: [lo, hi]} (optional step, log), {uniform: [lo, hi]}, {loguniform: [lo, hi]}. Allowed
 keys come from the dataclasses (ModelConfig, DataConfig, OptimConfig), so they never drift.
 Errors are one line: the key path, the bad value, what is allowed.
+
+What competes is `search.group_by`: family (default), spec, none (one group, 'all'), an
+option key with discrete values (model.topology: one group per value), or named groups
+(a name plus fixed values: `- {name: coarse-to-fine, model.spec: "2+4x{1/8,1/4,1/2,1}+2"}`).
+Every group is crossed with every budget.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from spiralsearch.search.validate import (
     SECTIONS,
     SpaceError,
     check_budget,
+    check_group_by,
     check_model,
     check_section,
     read_yaml,
@@ -53,10 +59,13 @@ class SearchSettings(Config):
     mode: str = opt("min", "min or max", choices=("min", "max"))
     sampler: str = opt("tpe", "Optuna sampler", choices=("tpe", "random", "grid", "cmaes"))
     scheduler: str = opt("asha", "early stopping: ASHA, or none", choices=("asha", "none"))
-    samples_per_budget: int = opt(8, "trials per group (per (budget, family) with group_by "
-                                  "family)", check=lambda v: v >= 1, what=">= 1")
-    group_by: str = opt("family", "what competes: per family, or all together",
-                        choices=("family", "none"))
+    samples_per_budget: int = opt(8, "trials per group (per (budget, group))",
+                                  check=lambda v: v >= 1, what=">= 1")
+    # str or, for named groups, ((name, ((flat key, value), ...)), ...); parse_space checks
+    # it against the space (validate.check_group_by)
+    group_by: Any = opt("family", "what competes: family, spec, none (all together), an "
+                        "option key with discrete values (model.topology), or a list of "
+                        "named groups ({name: NAME, KEY: value, ...})")
     seed: int = opt(0, "sampler seed")
     max_concurrent: int | None = opt(None, "trials at once (null: as resources allow)",
                                      check=lambda v: v >= 1, what=">= 1")
@@ -76,25 +85,31 @@ class Resources(Config):
 
 @dataclass(frozen=True)
 class Group:
-    """Trials that compete: one budget and one family ('all' when search.group_by is none);
-    `specs` are the group's canonical specs."""
+    """Trials that compete: one budget and one group of search.group_by (a family, a spec,
+    an option's value, a named group, or 'all'). `specs`: the group's canonical specs;
+    `options`: the other options it fixes, as (flat key, value) pairs."""
 
     budget: Budget
-    family: str
+    name: str
     specs: tuple[str, ...]
+    options: tuple[tuple[str, Any], ...] = ()
 
     def optuna_space(self, space: SearchSpace) -> dict[str, optuna.distributions.BaseDistribution]:
-        """Flat keys ("model.spec", "train.lr", ...) of the searched options only."""
-        out = {k: to_optuna(v) for k, v in _searched(space).items() if k != "model.spec"}
+        """Flat keys ("model.spec", "train.lr", ...) of the options the group leaves open."""
+        fixed = dict(self.options)
+        out = {k: to_optuna(v) for k, v in _searched(space).items()
+               if k != "model.spec" and k not in fixed}
         if len(self.specs) > 1:
             out = {"model.spec": optuna.distributions.CategoricalDistribution(self.specs)} | out
         return out
 
     def fixed(self, space: SearchSpace) -> dict[str, Any]:
-        """Flat keys of the fixed options (model.spec too when the group has one spec)."""
+        """Flat keys of the fixed options: the space's, and the group's own (model.spec too
+        when the group has one spec)."""
         out = {"model.spec": self.specs[0]} if len(self.specs) == 1 else {}
         return out | {f"{s}.{k}": v for s, sec in _sections(space) for k, v in sec.items()
-                      if not isinstance(v, dict) and f"{s}.{k}" != "model.family"}
+                      if not isinstance(v, dict) and f"{s}.{k}" != "model.family"} \
+            | dict(self.options)
 
     def n_samples(self, space: SearchSpace) -> int:
         """Trials to run: samples_per_budget, capped at the grid's size for grid."""
@@ -136,11 +151,37 @@ class SearchSpace:
         return self.budgets[0].kind
 
     def groups(self) -> list[Group]:
-        """One group per (budget, family), budgets in YAML order."""
-        if self.search.group_by == "none":
-            return [Group(b, "all", tuple(self.specs)) for b in self.budgets]
-        return [Group(b, f, tuple(s for s in self.specs if self.family_of(s) == f))
-                for b in self.budgets for f in self.families()]
+        """One group per (budget, group of search.group_by), budgets in YAML order."""
+        return [Group(b, name, specs, options) for b in self.budgets
+                for name, specs, options in self._group_defs()]
+
+    def _group_defs(self) -> list[tuple[str, tuple[str, ...], tuple]]:
+        """(name, specs, other fixed options) of each group, whatever the budget."""
+        by, specs = self.search.group_by, tuple(self.specs)
+        if by == "none":
+            return [("all", specs, ())]
+        if by == "family":
+            return [(f, tuple(s for s in specs if self.family_of(s) == f), ())
+                    for f in self.families()]
+        if by == "spec":
+            return [(s, (s,), ()) for s in specs]
+        if isinstance(by, str):  # an option key: one group per value
+            section, name = by.split(".", 1)
+            return [(group_label(v), specs, ((by, v),))
+                    for v in values_of(getattr(self, section)[name])]
+        out = []
+        for name, fixed in by:  # named groups
+            f = dict(fixed)
+            out.append((name, (f.pop("model.spec"),) if "model.spec" in f else specs,
+                        tuple(f.items())))
+        return out
+
+
+def group_label(v: Any) -> str:
+    """A group's name from an option's value: as YAML writes it."""
+    if isinstance(v, bool) or v is None:
+        return {True: "true", False: "false", None: "null"}[v]
+    return str(v)
 
 
 def _sections(space: SearchSpace):
@@ -188,12 +229,15 @@ def parse_space(text: str, source: str = "<string>") -> SearchSpace:
     name = check_value("name", doc["name"], _TEXT)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise SpaceError(f"name: {name!r} must match [A-Za-z0-9_.-]+")
+    data, model = check_section("data", doc.get("data")), check_model(doc["model"])
+    train = check_section("train", doc.get("train"))
+    budgets = check_budget(doc["budget"])
+    search = SearchSettings.from_dict(doc.get("search"), "search")
+    search = search.replace(group_by=check_group_by(
+        search.group_by, {"model": model, "data": data, "train": train}))
     space = SearchSpace(
-        name=name, yaml_text=text, data=check_section("data", doc.get("data")),
-        model=check_model(doc["model"]), train=check_section("train", doc.get("train")),
-        budgets=check_budget(doc["budget"]),
-        search=SearchSettings.from_dict(doc.get("search"), "search"),
-        resources=Resources.from_dict(doc.get("resources"), "resources"),
+        name=name, yaml_text=text, data=data, model=model, train=train, budgets=budgets,
+        search=search, resources=Resources.from_dict(doc.get("resources"), "resources"),
         description=check_value("description", doc.get("description", ""), _TEXT))
     _cross_checks(space)
     return space
@@ -213,7 +257,7 @@ def resolve(space: SearchSpace, group: Group, params: dict[str, Any]) -> TrialCo
     dists = group.optuna_space(space)
     if set(params) != set(dists):
         raise SpaceError(f"resolve: params {sorted(params)} are not the searched keys "
-                         f"{sorted(dists)} of group ({group.budget}, {group.family})")
+                         f"{sorted(dists)} of group ({group.budget}, {group.name})")
     for k, v in params.items():
         try:
             inside = dists[k]._contains(dists[k].to_internal_repr(v))

@@ -7,6 +7,7 @@ the bad value, what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import itertools
 import math
 import re
@@ -247,3 +248,98 @@ def check_budget(raw: Any) -> tuple[Budget, ...]:
                              "trial)")
         tokens = check_value("budget.tokens", d["tokens"], specs["tokens"])
     return tuple(Budget(kind, v, tokens) for v in values)
+
+
+# --- search.group_by --------------------------------------------------------------------------
+
+GROUP_WORDS = ("family", "spec", "none")
+_GROUP_NAME = r"[A-Za-z0-9_.-]+"
+
+
+def option_specs() -> dict[str, FieldSpec]:
+    """Flat key ("model.topology", "train.lr", ...) -> FieldSpec of every option a space
+    may set, model.spec included."""
+    out = {"model.spec": FieldSpec(str, False, help="canonical spec")}
+    out |= {f"model.{k}": MODEL_SPECS[k] for k in _MODEL_KEYS if k != "spec"}
+    for s, cls in SECTION_CLASSES.items():
+        out |= {f"{s}.{k}": v for k, v in field_specs(cls).items()}
+    return out
+
+
+def _range_kind(v: Any) -> str | None:
+    """'uniform', 'loguniform' or 'int' for a numeric range, else None."""
+    return next(iter(k for k in v if k in DISTRIBUTIONS), None) if isinstance(v, dict) \
+        and "choice" not in v else None
+
+
+def check_group_by(raw: Any, sections: dict[str, dict]) -> str | tuple:
+    """search.group_by against the space's (validated) model, data and train sections:
+    'family', 'spec', 'none', an option key whose values are discrete ('model.topology'),
+    or named groups, returned as ((name, ((flat key, value), ...)), ...)."""
+    path = "search.group_by"
+    opts = option_specs()
+    if isinstance(raw, str):
+        raw = {"model.spec": "spec", "model.family": "family"}.get(raw, raw)
+        if raw in GROUP_WORDS:
+            return raw
+        if raw not in opts:
+            allowed = (*GROUP_WORDS, *opts)
+            close = difflib.get_close_matches(raw, allowed, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise SpaceError(f"{path}: {raw!r} is not a known option; {hint}(allowed: "
+                             f"{', '.join(allowed)}; or a list of named groups)")
+        section, name = raw.split(".", 1)
+        if name not in sections[section]:
+            raise SpaceError(f"{path}: {raw} is not set in the space's {section} section; "
+                             f"give it a {{choice: [...]}} to compare its values")
+        kind = _range_kind(sections[section][name])
+        if kind:
+            raise SpaceError(f"{path}: {raw} is a numeric range ({kind}); groups need "
+                             f"discrete values: make it a {{choice: [...]}}")
+        return raw
+    if not isinstance(raw, list) or not raw:
+        raise SpaceError(f"{path}: expected family, spec, none, an option key (e.g. "
+                         f"model.topology) or a non-empty list of named groups, got {raw!r}")
+    out: list[tuple[str, tuple]] = []
+    for i, g in enumerate(raw):
+        p = f"{path}[{i}]"
+        if not isinstance(g, dict):
+            raise SpaceError(f"{p}: expected a mapping {{name: NAME, KEY: value, ...}}, "
+                             f"got {g!r}")
+        check_keys(p, g, ("name", *opts), required=("name",))
+        name = g["name"]
+        if not isinstance(name, str) or not re.fullmatch(_GROUP_NAME, name):
+            raise SpaceError(f"{p}.name: {name!r} must match {_GROUP_NAME}")
+        names = [n for n, _ in out]
+        if name in names:
+            raise SpaceError(f"{p}.name: {name!r} repeats {path}[{names.index(name)}].name")
+        fixed = tuple((k, _group_value(f"{p}.{k}", k, v, opts[k], sections))
+                      for k, v in g.items() if k != "name")
+        for j, (other, theirs) in enumerate(out):
+            mine, theirs = dict(fixed), dict(theirs)
+            if all(mine[k] == theirs[k] for k in mine.keys() & theirs.keys()):
+                raise SpaceError(f"{p}: group {name!r} overlaps {other!r} ({path}[{j}]): a "
+                                 f"trial could belong to both; fix a key they share to "
+                                 f"different values")
+        out.append((name, fixed))
+    return tuple(out)
+
+
+def _group_value(path: str, key: str, v: Any, spec: FieldSpec, sections: dict[str, dict]):
+    """A named group's fixed value, which must be one the space allows."""
+    v = _spec(path, v) if key == "model.spec" else check_value(path, v, spec)
+    section, name = key.split(".", 1)
+    if name not in sections[section]:
+        raise SpaceError(f"{path}: {key} is not set in the space's {section} section; a "
+                         f"group fixes only values the space allows")
+    allowed = sections[section][name]
+    kind = _range_kind(allowed)
+    if kind:
+        raise SpaceError(f"{path}: {key} is a numeric range ({kind}) in the space; groups "
+                         f"need discrete values: make it a {{choice: [...]}}")
+    if isinstance(allowed, dict) and v not in allowed["choice"]:
+        raise SpaceError(f"{path}: {v!r} is not one of the space's {key} choices "
+                         f"({', '.join(map(repr, allowed['choice']))})")
+    if not isinstance(allowed, dict) and v != allowed:
+        raise SpaceError(f"{path}: {v!r} is not the space's {key} ({allowed!r})")
+    return v

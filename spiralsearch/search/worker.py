@@ -43,9 +43,11 @@ def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dic
     config = resolve(space, group, trial["params"])
     tid = config.trial_id
     # Ray stamps its own `trial_id` on every result, so ours travels as `config_hash`.
-    base = dict(config_hash=tid, family=group.family, budget_target=group.budget.value)
-    if tid in done:  # complete in an earlier run of this sweep
-        report(base | done[tid] | {"cached": True})
+    spec = str(config.model.spec)
+    base = dict(config_hash=tid, family=space.family_of(spec), group_name=group.name,
+                budget_target=group.budget.value)
+    if tid in done:  # complete in an earlier run of this sweep (maybe before group names)
+        report(base | done[tid] | {"cached": True, "group_name": group.name})
         return
     from spiralsearch.training.loop import prepare, train
 

@@ -87,6 +87,15 @@ def evaluate(model: torch.nn.Module, ds: Dataset, cfg: TrialConfig, device: torc
     return sum(losses) / len(losses)
 
 
+def compiled(model: torch.nn.Module, mode: str, device: torch.device) -> torch.nn.Module:
+    """The module the loop calls: `torch.compile(model)` when mode is "on", or "auto" on
+    CUDA; else the model itself. The compiled wrapper shares the model's parameters, so the
+    optimiser, checkpoints and counts keep using `model`."""
+    if mode == "on" or (mode == "auto" and device.type == "cuda"):
+        return torch.compile(model)
+    return model
+
+
 def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
@@ -154,6 +163,7 @@ def train(config: TrialConfig | dict, *, out_dir: str | Path | None = None,
     torch.manual_seed(oc.seed)
     model = build_model(p.model).to(device)
     opt = _optimizer(model, oc)
+    forward = compiled(model, oc.compile, device)  # shares model's parameters
     evals = sorted({max(1, round(p.steps * (i + 1) / oc.evals)) for i in range(oc.evals)})
     step, metrics, wall_before = 0, [], 0.0
     ckpt = _checkpoint_path(out)
@@ -175,7 +185,7 @@ def train(config: TrialConfig | dict, *, out_dir: str | Path | None = None,
         x, y = ds.get_batch("train", oc.batch_size, config.data.seq_len, step, oc.seed)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with _autocast(device):
-            logits = model(x)
+            logits = forward(x)
         loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         loss_value = loss.item()  # the step's one host sync, also the divergence check
         if not math.isfinite(loss_value):
@@ -189,7 +199,8 @@ def train(config: TrialConfig | dict, *, out_dir: str | Path | None = None,
             loss_sum, loss_n = loss_sum + loss_value, loss_n + 1
         if status == Status.DIVERGED or step in evals:
             now = time.perf_counter()
-            val = evaluate(model, ds, config, device) if status == Status.COMPLETE else math.nan
+            val = (evaluate(forward, ds, config, device) if status == Status.COMPLETE
+                   else math.nan)
             row = dataclasses.asdict(MetricRow(
                 step=step, tokens=step * p.tokens_per_step,
                 train_flops=step * p.tokens_per_step * p.flops_per_token,
@@ -214,7 +225,7 @@ def train(config: TrialConfig | dict, *, out_dir: str | Path | None = None,
     if bar is not None:
         bar.close()
     # the test split is scored once, on the final model, and never reported to the search
-    test = (evaluate(model, ds, config, device, "test") if status == Status.COMPLETE
+    test = (evaluate(forward, ds, config, device, "test") if status == Status.COMPLETE
             and ds.has_split("test", config.data.seq_len) else math.nan)
     result = TrainResult(_summary(config, p, ds, model, status, error, step, metrics, test),
                          metrics)

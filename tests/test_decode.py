@@ -2,45 +2,16 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from models import VOCAB, jittered, tiny
+from models import configs as all_configs
 
-from spiralsearch import ModelConfig, Spec, build_model
+from spiralsearch import ModelConfig, build_model
 from spiralsearch.model.decode import Decoder, generate
 
-VOCAB = 17
 
+def configs():
+    return all_configs(max_chunk=6, max_iterations=3, max_seq_len=64)
 
-def tiny(spec, **options) -> ModelConfig:
-    base = dict(d_model=32, n_heads=2, vocab_size=VOCAB, rotary_pct=0.5, max_seq_len=64)
-    return ModelConfig.from_spec(spec, **(base | options))
-
-
-def jittered(cfg: ModelConfig, seed: int = 0) -> torch.nn.Module:
-    """float64, every parameter perturbed (as in test_model): zero-initialised scorers,
-    allocators and routers cannot hide a wrong chunk or slot behind uniform weights."""
-    torch.manual_seed(seed)
-    model = build_model(cfg).double().eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return model
-
-
-@st.composite
-def configs(draw):
-    chunks = draw(st.lists(st.integers(1, 6), min_size=1, max_size=3))
-    its = tuple((g, draw(st.integers(0, g - 1))) for g in chunks)
-    spec = Spec(draw(st.integers(0, 2)), draw(st.integers(1, 2)), draw(st.integers(0, 2)), its)
-    options = dict(
-        topology=draw(st.sampled_from(["residual", "anchor", "mesh"])),
-        downsample=draw(st.sampled_from(["mean", "score"])),
-        upsample=draw(st.sampled_from(["repeat", "allocate"])),
-        coarse_positions=draw(st.sampled_from(["chunk", "token"])),
-        shift=draw(st.sampled_from(["minimal", "no_overlap"])),
-        mesh_init=draw(st.sampled_from(["embed", "loop_input"])),
-        parallel_residual=draw(st.booleans()),
-        embed_scale=draw(st.booleans()),
-    )
-    return tiny(spec, **options)
 
 
 def recompute(model, idx: torch.Tensor, n: int):

@@ -99,8 +99,8 @@ def test_params():
 
 
 def test_mesh_table5_non_embedding_count():
-    """MeSH Table 5's 1.4B `4+8R2+4` MeSH model: Pythia-1.4B's 16 stored layers (2/3 of its
-    24) plus 61,470 router parameters."""
+    """MeSH Table 5's 1.4B `4+8R2+4` MeSH model (B = 5): 805,797,918 non-embedding parameters,
+    i.e. Pythia-1.4B's 16 stored layers (2/3 of its 24) plus 61,470 router parameters."""
     r = describe("4+8x{1,1}+4", "pythia-1.4b", seq_len=64)
     final_norm = 2 * 2048  # the plain count is 24 identical layers plus the final LayerNorm
     per_layer, rest = divmod(1_208_602_624 - final_norm, 24)
@@ -120,7 +120,7 @@ def test_cli_table_and_json(capsys):
     assert main(["describe", "12", "2+4x{1/8,1/4,1/2,1}+2", "--seq-len", "64"]) == 0
     out = capsys.readouterr().out
     assert "2+4x{1/8,1/4,1/2,1}+2" in out and "spiral" in out and "1.000" in out
-    assert main(["describe", "1+2x{1/2,1}+1", "--seq-len", "64", "--json",
+    assert main(["describe", "1+2x{1/2,1}+1", "--seq-len", "64", "--format", "json",
                  "--topology", "mesh"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["flops_forward"] == describe("1+2x{1/2,1}+1", "tiny", 64,
@@ -255,7 +255,8 @@ def test_cli_shows_decode_columns(capsys):
     for header in ("full L×L", "causal", "decode", "per token", "KV", "bf16"):
         assert header in out, header
     assert "2+4x{1/8,1/4,1/2,1}+2" in out  # the spec column is not truncated
-    assert main(["describe", "12", "--seq-len", "64", "--decode-context", "32", "--json"]) == 0
+    assert main(["describe", "12", "--seq-len", "64", "--decode-context", "32",
+                 "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["decode"] == decode_cost(ModelConfig.from_spec("12", "tiny"), 32)
     assert data["flops_forward_causal"] < data["flops_forward"]

@@ -2,45 +2,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from models import VOCAB, configs, jittered, tiny
 
-from spiralsearch import ConfigError, ModelConfig, Spec, build_model, parse_spec
+from spiralsearch import ConfigError, ModelConfig, build_model, parse_spec
 from spiralsearch.model.config import PRESET_LAYERS, PRESETS
 from spiralsearch.model.resample import n_chunks
-
-VOCAB = 17
-
-
-def tiny(spec, **options) -> ModelConfig:
-    base = dict(d_model=32, n_heads=2, vocab_size=VOCAB, rotary_pct=0.5, max_seq_len=128)
-    return ModelConfig.from_spec(spec, **(base | options))
-
-
-def jittered(cfg: ModelConfig, seed: int = 0) -> torch.nn.Module:
-    """A float64 model with every parameter perturbed, so zero-initialised scorers,
-    allocators and routers cannot hide a leak behind uniform weights."""
-    torch.manual_seed(seed)
-    model = build_model(cfg).double().eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    return model
-
-
-@st.composite
-def configs(draw):
-    chunks = draw(st.lists(st.integers(1, 8), min_size=1, max_size=4))
-    its = tuple((g, draw(st.integers(0, g - 1))) for g in chunks)
-    spec = Spec(draw(st.integers(0, 2)), draw(st.integers(1, 2)), draw(st.integers(0, 2)), its)
-    options = dict(
-        topology=draw(st.sampled_from(["residual", "anchor", "mesh"])),
-        downsample=draw(st.sampled_from(["mean", "score"])),
-        upsample=draw(st.sampled_from(["repeat", "allocate"])),
-        coarse_positions=draw(st.sampled_from(["chunk", "token"])),
-        shift=draw(st.sampled_from(["minimal", "no_overlap"])),
-        mesh_init=draw(st.sampled_from(["embed", "loop_input"])),
-        parallel_residual=draw(st.booleans()),
-    )
-    return tiny(spec, **options)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

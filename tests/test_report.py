@@ -49,6 +49,7 @@ def db(tmp_path):
     return tmp_path / "synthetic.duckdb"
 
 
+@pytest.mark.slow
 def test_fit_table_recovers_law_and_multiplier(db):
     rows = {r["group"]: r for r in fit_table(load_results(db)["trials"], bootstrap=40)}
     assert set(rows) == {"plain", "looped", "spiral"}
@@ -62,11 +63,12 @@ def test_fit_table_recovers_law_and_multiplier(db):
     assert rows["looped"]["multiplier"] == pytest.approx(1.0, rel=0.15)
 
 
+@pytest.mark.slow
 def test_cli_fit_and_report(db, tmp_path, capsys):
     assert main(["fit", "--db", str(db), "--bootstrap", "5"]) == 0
     out = capsys.readouterr().out
     assert "spiral" in out and "alpha" in out
-    assert main(["fit", "--db", str(db), "--bootstrap", "0", "--json"]) == 0
+    assert main(["fit", "--db", str(db), "--bootstrap", "0", "--format", "json"]) == 0
     assert {r["group"] for r in json.loads(capsys.readouterr().out)} == set(SPECS)
     html_path = tmp_path / "r.html"
     assert main(["report", "--db", str(db), "--out", str(html_path), "--bootstrap", "10"]) == 0
@@ -107,3 +109,21 @@ def test_report_renders_in_headless_chromium(db, tmp_path):
     assert int(title.split("=")[1]) >= 9  # 3 families x (trials, frontier, fit) at least
     console = [line for line in out.stderr.splitlines() if "CONSOLE" in line]
     assert not [line for line in console if "Error" in line or "Uncaught" in line], console
+
+
+def test_fits_use_the_test_loss_when_trials_have_one():
+    """Selection sees validation; fits and reports use test loss once trials report it (and
+    the validation loss for results from before the test split), never a mix."""
+    import pandas as pd
+
+    rng = np.random.default_rng(1)
+    budgets = np.geomspace(1e12, 1e15, 5)
+    val = [law("spiral", b) * float(np.exp(rng.normal(0, 0.003))) for b in budgets]
+    test = [v + 0.3 for v in val]
+    base = pd.DataFrame(dict(family="spiral", status="complete", budget_target=budgets,
+                             train_flops=budgets, final_val_loss=val, spec="1+1x{1/2,1}+1"))
+    with_test = fit_table(base.assign(final_test_loss=test))[0]
+    as_val = fit_table(base.assign(final_val_loss=test))[0]
+    old = fit_table(base)[0]
+    assert with_test["loss"] == "test" and old["loss"] == "val"
+    assert with_test["E"] == pytest.approx(as_val["E"]) and with_test["E"] != old["E"]

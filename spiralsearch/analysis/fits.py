@@ -50,13 +50,31 @@ def load_results(db: str | Path) -> dict[str, Any]:
     return dict(trials=trials, metrics=metrics, sweeps=sweeps)
 
 
+def loss_column(trials: pd.DataFrame) -> str:
+    """The loss fits and reports use: `final_test_loss` (the test split, which the search
+    never sees) when any complete trial has one; else `final_val_loss` (results files from
+    before the test split). Never a mix of the two."""
+    if "final_test_loss" in trials and len(trials):
+        done = trials[trials["status"] == "complete"]["final_test_loss"].astype(float)
+        if np.isfinite(done).any():
+            return "final_test_loss"
+    return "final_val_loss"
+
+
+def split_of(column: str) -> str:
+    """'test' or 'val': which held-out split a loss column scores."""
+    return "test" if column == "final_test_loss" else "val"
+
+
 def _usable(trials: pd.DataFrame) -> pd.DataFrame:
-    """Complete trials with a finite loss and known compute."""
+    """Complete trials with a finite loss (see loss_column; copied to `loss`) and known
+    compute."""
     if trials.empty:
-        return trials
-    ok = (trials["status"] == "complete") & np.isfinite(trials["final_val_loss"].astype(float))
+        return trials.assign(loss=pd.Series(dtype=float))
+    col = loss_column(trials)
+    ok = (trials["status"] == "complete") & np.isfinite(trials[col].astype(float))
     ok &= trials["train_flops"].notna()
-    return trials[ok]
+    return trials[ok].assign(loss=trials.loc[ok, col].astype(float))
 
 
 def grouped(df: pd.DataFrame, by: str) -> pd.DataFrame:
@@ -69,7 +87,7 @@ def grouped(df: pd.DataFrame, by: str) -> pd.DataFrame:
 
 def _fit_points(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(compute FLOPs, loss) to fit: best trial per budget, or all with < 3 budgets."""
-    c, loss = df["train_flops"].to_numpy(float), df["final_val_loss"].to_numpy(float)
+    c, loss = df["train_flops"].to_numpy(float), df["loss"].to_numpy(float)
     idx = best_per_budget(df["budget_target"].to_numpy(float), loss)
     return (c[idx], loss[idx]) if len(idx) >= 3 else (c, loss)
 
@@ -101,7 +119,8 @@ def _fit_groups(trials: pd.DataFrame, by: str | None, bootstrap: int, seed: int,
     fits: dict[str, tuple[PowerLawFit, np.ndarray, np.ndarray]] = {}
     for name, g in df.groupby(by, sort=True):
         c, loss = _fit_points(g)
-        row: dict[str, Any] = dict(group=name, n_trials=len(g), n_points=len(c))
+        row: dict[str, Any] = dict(group=name, n_trials=len(g), n_points=len(c),
+                                   loss=split_of(loss_column(trials)))
         try:
             fit = fit_power_law(c, loss, bootstrap=bootstrap, seed=seed)
         except ValueError as e:

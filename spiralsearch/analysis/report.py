@@ -21,6 +21,8 @@ from spiralsearch.analysis.fits import (
     group_column,
     grouped,
     load_results,
+    loss_column,
+    split_of,
 )
 from spiralsearch.analysis.scaling import (
     PowerLawFit,
@@ -49,7 +51,7 @@ def _loss_vs_compute(df: pd.DataFrame, fits: dict, bands: dict, by: str, colors:
     fig = go.Figure()
     for fam, g in df.groupby(by):
         color = colors.get(str(fam))
-        c, loss = g["train_flops"].to_numpy(float), g["final_val_loss"].to_numpy(float)
+        c, loss = g["train_flops"].to_numpy(float), g["loss"].to_numpy(float)
         fig.add_scatter(x=c, y=loss, mode="markers", name=f"{fam} trials", opacity=0.45,
                         marker=dict(color=color, size=9), legendgroup=fam,
                         text=g["spec"], hovertemplate="%{text}<br>%{x:.3g} FLOPs<br>"
@@ -70,8 +72,8 @@ def _loss_vs_compute(df: pd.DataFrame, fits: dict, bands: dict, by: str, colors:
             fig.add_scatter(x=grid, y=f.predict(grid), mode="lines", legendgroup=fam,
                             line=dict(color=color, dash="dash"),
                             name=f"{fam} fit: {f.E:.3f} + {f.A:.3g}·C^-{f.alpha:.3f}")
-    fig.update_layout(title="Validation loss vs training compute", xaxis_type="log",
-                      xaxis_title="training FLOPs", yaxis_title="val loss (nats/token)")
+    fig.update_layout(title=f"{_ylabel(df, False)} vs training compute", xaxis_type="log",
+                      xaxis_title="training FLOPs", yaxis_title=_ylabel(df))
     return fig
 
 
@@ -83,16 +85,22 @@ def _band(fit: PowerLawFit):
     return lambda grid: np.percentile(E + A * grid[None, :] ** -alpha, [2.5, 97.5], axis=0)
 
 
+def _ylabel(df: pd.DataFrame, units: bool = True) -> str:
+    """The final-loss axis: test loss, or val loss for results from before the test split."""
+    label = f"{df.attrs.get('split', 'val')} loss"
+    return f"{label} (nats/token)" if units else label.capitalize()
+
+
 def _scatter_by_group(df: pd.DataFrame, x: str, title: str, xtitle: str, log: bool, by: str,
                       colors: dict):
     import plotly.graph_objects as go
 
     fig = go.Figure()
     for fam, g in df.groupby(by):
-        fig.add_scatter(x=g[x], y=g["final_val_loss"], mode="markers", name=str(fam),
+        fig.add_scatter(x=g[x], y=g["loss"], mode="markers", name=str(fam),
                         marker=dict(color=colors.get(str(fam)), size=9), text=g["spec"],
                         hovertemplate="%{text}<br>%{x:.4g}<br>loss %{y:.4f}<extra></extra>")
-    fig.update_layout(title=title, xaxis_title=xtitle, yaxis_title="val loss (nats/token)",
+    fig.update_layout(title=title, xaxis_title=xtitle, yaxis_title=_ylabel(df),
                       xaxis_type="log" if log else "linear")
     return fig
 
@@ -102,7 +110,7 @@ def _curves(df: pd.DataFrame, metrics: pd.DataFrame, by: str, colors: dict):
 
     fig = go.Figure()
     for fam, g in df.groupby(by):
-        c, loss = g["train_flops"].to_numpy(float), g["final_val_loss"].to_numpy(float)
+        c, loss = g["train_flops"].to_numpy(float), g["loss"].to_numpy(float)
         for tid, spec in zip(g["trial_id"].to_numpy()[frontier(c, loss)],
                              g["spec"].to_numpy()[frontier(c, loss)], strict=True):
             m = metrics[metrics["trial_id"] == tid]
@@ -128,6 +136,7 @@ def build_report(db: str | Path, out: str | Path | None = None, *, bootstrap: in
     out = Path(out) if out else Path("reports") / f"{name}.html"
     by = by or group_column(trials)
     df = grouped(_usable(trials), by)
+    df.attrs["split"] = split_of(loss_column(trials))  # which held-out loss the plots show
     colors = group_colors(df[by].dropna()) if not df.empty else {}
     rows, fitted = _fit_groups(trials, by, bootstrap, seed, "plain")
     fits = {fam: f for fam, (f, _, _) in fitted.items()}
@@ -135,11 +144,11 @@ def build_report(db: str | Path, out: str | Path | None = None, *, bootstrap: in
     figs = []
     if not df.empty:
         figs.append(_loss_vs_compute(df, fits, bands, by, colors))
-        figs.append(_scatter_by_group(df, "params_non_embedding", "Validation loss vs stored "
-                                      "parameters", "non-embedding parameters", True, by,
-                                      colors))
+        figs.append(_scatter_by_group(df, "params_non_embedding", f"{_ylabel(df, False)} vs "
+                                      "stored parameters", "non-embedding parameters", True,
+                                      by, colors))
         if df["recurrence_ratio"].nunique() > 1:
-            figs.append(_scatter_by_group(df, "recurrence_ratio", "Validation loss vs "
+            figs.append(_scatter_by_group(df, "recurrence_ratio", f"{_ylabel(df, False)} vs "
                                           "recurrence ratio", "N_loop / stored layers", False,
                                           by, colors))
         figs.append(_curves(df, metrics, by, colors))

@@ -1,0 +1,73 @@
+"""`spiralsearch probe RUN_DIR`: attention probes per loop iteration of a trained run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from spiralsearch.cli import add_format, command, emit, print_frame
+
+
+def add_parser(subparsers) -> None:
+    p = command(subparsers, "probe", run, "attention probes per loop iteration of a trained run",
+                "Key-marginal entropy and local attention mass of every loop iteration, core "
+                "layer and head of a `spiralsearch train` run, on fixed held-out sequences; "
+                "and the dynamic heads. json: {probes: [...], dynamic_heads: {metric: [...]}}.")
+    p.add_argument("run", help="a `spiralsearch train --out` folder")
+    p.add_argument("--data", help="data source (default: the run's)")
+    p.add_argument("--sequences", type=int, default=32, help="held-out sequences")
+    p.add_argument("--seq-len", type=int, help="tokens per sequence (default: the run's)")
+    p.add_argument("--window", type=int, default=4, help="LAM window, in positions")
+    p.add_argument("--top", type=float, default=0.4, help="share of heads called dynamic")
+    add_format(p, "the per-(iteration, layer, head) probe rows")
+
+
+def _load_run(run: Path):
+    """(config, model) of a training run folder, from its summary and last checkpoint."""
+    import torch
+
+    from spiralsearch.config import TrialConfig
+    from spiralsearch.model.transformer import build_model
+
+    summary, ckpt = run / "summary.json", run / "checkpoints" / "last.pt"
+    if not summary.exists() or not ckpt.exists():
+        raise FileNotFoundError(f"{run}: not a training run (needs summary.json and "
+                                f"checkpoints/last.pt from `spiralsearch train --out`)")
+    config = TrialConfig.from_dict(json.loads(summary.read_text())["config"])
+    model = build_model(config.model)
+    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
+    return config, model
+
+
+def run(args: argparse.Namespace) -> int:
+    """Probe the run's model on fixed held-out sequences of its own split and tokenizer."""
+    from spiralsearch.analysis.probes import attention_probes, dynamic_heads
+    from spiralsearch.training.loop import load_data
+
+    run_dir = Path(args.run)
+    config, model = _load_run(run_dir)
+    if args.data:  # another source: its own split, the run's tokenizer settings
+        config = config.replace(data=config.data.replace(source=args.data))
+    ds = load_data(config)  # the run's own split and tokenizer
+    seq_len = args.seq_len or config.data.seq_len
+    x, _ = next(ds.val_batches(args.sequences, seq_len, 1))  # fixed held-out sequences
+    df = attention_probes(model, x, window=args.window)
+    dyn = {m: dynamic_heads(df, m, args.top) for m in ("entropy_norm", "lam")}
+    # csv is one flat table: the probe rows; json adds the dynamic-head rankings
+    value = df if args.format == "csv" else dict(
+        probes=df.to_dict("records"),
+        dynamic_heads={m: d.to_dict("records") for m, d in dyn.items()})
+    emit(args, value, lambda: _table(args, run_dir, df, dyn, seq_len))
+    return 0
+
+
+def _table(args: argparse.Namespace, run_dir: Path, df, dyn: dict, seq_len: int) -> None:
+    means = df.groupby(["iteration", "chunk", "positions", "layer"], as_index=False)[
+        ["entropy_norm", "lam"]].mean()
+    print_frame(args, means, f"attention probes of {run_dir} (mean over heads; "
+                f"{args.sequences} held-out sequences of {seq_len} tokens, LAM window "
+                f"{args.window})")
+    for m, d in dyn.items():
+        heads = ", ".join(f"L{r.layer}H{r.head} ({r.range:.3f})" for r in d.itertuples())
+        print(f"dynamic heads by {m} (top {args.top:.0%} by range across iterations): {heads}")

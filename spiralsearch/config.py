@@ -233,6 +233,14 @@ class TrialConfig:
         new trial, so the sweep worker does that after reading the id."""
         return config_hash(self.to_dict())
 
+    @property
+    def point_id(self) -> str:
+        """The point this trial measures: config_hash of `to_dict()` without train.seed, so
+        the replicates (seeds) of one configuration share it (docs/design.md §4)."""
+        d = self.to_dict()
+        del d["train"]["seed"]
+        return config_hash(d)
+
     def replace(self, **sections) -> TrialConfig:
         """A copy with some sections replaced (e.g. train=...)."""
         return dataclasses.replace(self, **sections)

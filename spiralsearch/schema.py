@@ -75,10 +75,19 @@ class TrialSummary:
     wall_seconds: float | None = opt(None, "training seconds (resumes included)")
     unigram_entropy: float | None = opt(None, "entropy of the train split's unigrams (nats)")
     optimal_loss: float | None = opt(None, "Bayes-optimal loss where known (nats/token)")
+    replicate: int | None = opt(None, "0: a search trial (the selected one included); r >= 1: "
+                                "re-run r of its cell's selected point, train.seed + r")
+    point_id: str | None = opt(None, "config_hash of the config without train.seed: the same "
+                               "for the replicates (seeds) of one point")
+    selected: bool | None = opt(None, "true for the search.replicates runs of each cell's "
+                                "selected point (its best complete search trial by "
+                                "search.metric); false for the other trials")
 
 
 METRIC_KEYS = tuple(f.name for f in dataclasses.fields(MetricRow))
 SUMMARY_KEYS = tuple(f.name for f in dataclasses.fields(TrialSummary))
+# what the sweep driver, not the trial, says about a trial (a trial's report never sets them)
+REPLICATE_KEYS = ("replicate", "point_id", "selected")
 
 
 def sql_columns(cls) -> dict[str, str]:

@@ -200,12 +200,20 @@ def _v3_groups_and_test_split(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"ALTER TABLE trials ADD COLUMN IF NOT EXISTS {name} {sql}")
 
 
+def _v4_replicates(con: duckdb.DuckDBPyConnection) -> None:
+    """Replicates (search.replicates): which re-run of which point a trial is, and whether
+    it measures its cell's selected point."""
+    for name, sql in (("replicate", "BIGINT"), ("point_id", "VARCHAR"),
+                      ("selected", "BOOLEAN")):
+        con.execute(f"ALTER TABLE trials ADD COLUMN IF NOT EXISTS {name} {sql}")
+
+
 # MIGRATIONS[i] takes a file from schema version i to i + 1, inside the write transaction.
 # To change the schema, change spiralsearch.schema and append a function here that brings
 # older files to it (e.g. `ALTER TABLE ... ADD COLUMN IF NOT EXISTS`); never edit a
 # migration that has shipped. A test holds the migrated columns equal to the schema's.
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
-    _v1_create, _v2_summary_columns, _v3_groups_and_test_split]
+    _v1_create, _v2_summary_columns, _v3_groups_and_test_split, _v4_replicates]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

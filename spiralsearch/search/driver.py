@@ -2,8 +2,10 @@
 §4). Every (budget, group) of the space (groups per search.group_by: families by default)
 runs `samples_per_budget` trials proposed by its own Optuna study, with its own ASHA rungs, so
 each group gets the same number of shots at each budget (fair frontiers); all groups share
-one Tuner, so trial slots never idle. Trial workers only report to Ray Tune; the driver's
-`StoreCallback` is the single writer of the results file.
+one Tuner, so trial slots never idle. With search.replicates = R > 1, a second phase then
+re-runs each cell's selected point R - 1 times with other seeds (replicates.py). Trial
+workers only report to Ray Tune; the driver's `StoreCallback` is the single writer of the
+results file.
 """
 
 
@@ -16,6 +18,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
+from spiralsearch.schema import FINAL_STATUSES, Status
+from spiralsearch.search import replicates
 from spiralsearch.search.candidates import check_candidates
 from spiralsearch.search.cluster import _check_cluster, _slots, start_ray, trial_resources
 from spiralsearch.search.recorder import LiveView, StoreCallback
@@ -89,9 +93,7 @@ def _run_all(space: SearchSpace, *, store: ResultsStore, prev: Previous, checkpo
     """One Tuner for every group, each with its own searcher and ASHA rungs (see grouped.py);
     returns how many trials it launched. Trials an earlier run left unfinished go first and
     resume from their checkpoints."""
-    from ray import tune
     from ray.tune.schedulers import FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
 
     from spiralsearch.search.grouped import GroupedASHA, GroupedSearch
 
@@ -103,24 +105,57 @@ def _run_all(space: SearchSpace, *, store: ResultsStore, prev: Previous, checkpo
                              quotas, metric=OBJECTIVE, mode=s.mode,
                              first=[prev.unfinished.get(g, []) for g in range(len(groups))],
                              known=KnownTrials(space, groups, prev.done))
-    limit = max_concurrent or s.max_concurrent or _slots(space)
     scheduler = (GroupedASHA(len(groups), OBJECTIVE, s.mode, s.grace_evals)
                  if s.scheduler == "asha" else FIFOScheduler())
-    trainable = tune.with_parameters(run_trial, space=space, groups=groups, done=prev.done,
+    _fit(space, groups, searcher, scheduler, sum(quotas), name=space.name, store=store,
+         done=prev.done, checkpoints=checkpoints, storage=storage,
+         max_concurrent=max_concurrent, view=view, callbacks=callbacks)
+    return sum(quotas)
+
+
+def _run_replicates(space: SearchSpace, points: list[dict], *, store: ResultsStore,
+                    checkpoints: Path, storage: Path,
+                    max_concurrent: int | None, view: LiveView | None,
+                    callbacks: tuple = ()) -> int:
+    """The second phase: the replicates of each cell's selected point ({"group", "params",
+    "replicate"} each), in one Tuner with no early stopping (they measure, not search);
+    returns how many it launched."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from spiralsearch.search.grouped import PointSearch
+
+    if not points:
+        return 0
+    searcher = PointSearch(points, metric=OBJECTIVE, mode=space.search.mode)
+    _fit(space, space.groups(), searcher, FIFOScheduler(), len(points),
+         name=f"{space.name}-replicates", store=store, done={}, checkpoints=checkpoints,
+         storage=storage, max_concurrent=max_concurrent, view=view, callbacks=callbacks)
+    return len(points)
+
+
+def _fit(space: SearchSpace, groups: list[Group], searcher, scheduler, n: int, *, name: str,
+         store: ResultsStore, done: dict[str, dict], checkpoints: Path, storage: Path,
+         max_concurrent: int | None, view: LiveView | None, callbacks: tuple) -> None:
+    """One Tuner run of `n` trials proposed by `searcher`, recorded by a StoreCallback."""
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    s = space.search
+    limit = max_concurrent or s.max_concurrent or _slots(space)
+    trainable = tune.with_parameters(run_trial, space=space, groups=groups, done=done,
                                      checkpoints=str(checkpoints))
     tuner = tune.Tuner(
         tune.with_resources(trainable, trial_resources(space)),
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, limit),
-                                    scheduler=scheduler, num_samples=sum(quotas),
+                                    scheduler=scheduler, num_samples=n,
                                     metric=OBJECTIVE, mode=s.mode,
                                     reuse_actors=True),  # no new process (torch import) per trial
         run_config=tune.RunConfig(
-            name=f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage),
+            name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage),
             verbose=0, callbacks=[StoreCallback(store, space.name, space, groups, view),
                                   *callbacks],
             failure_config=tune.FailureConfig(max_failures=0)))
     tuner.fit()
-    return sum(quotas)
 
 
 def run_sweep(space: SearchSpace | str | Path, *, results: str | Path | None = None,
@@ -158,9 +193,19 @@ def run_sweep(space: SearchSpace | str | Path, *, results: str | Path | None = N
         with LiveView(space, enabled=progress) as view:
             for tid, r in prev.done.items():
                 view.update(groups[prev.group_of[tid]], tid, "complete", r.get("final_val_loss"))
-            _run_all(space, store=store, prev=prev, checkpoints=work / "checkpoints",
-                     storage=work / "ray", max_concurrent=max_concurrent, view=view,
-                     callbacks=callbacks)
+            for tid, t in prev.trials.items():
+                if t.replicate and t.status in FINAL_STATUSES:
+                    view.update(groups[t.group], tid, t.status, replicate=t.replicate)
+            dirs = dict(checkpoints=work / "checkpoints", storage=work / "ray")
+            _run_all(space, store=store, prev=prev, max_concurrent=max_concurrent, view=view,
+                     callbacks=callbacks, **dirs)
+            # the cells' searches are done: select each one's point from what is stored
+            searched = Previous.load(path, space, groups)
+            selected = replicates.select(space, searched)
+            replicates.mark_selected(store, space, groups, searched, selected)
+            _run_replicates(space, replicates.pending(space, groups, searched, selected),
+                            store=store, max_concurrent=max_concurrent,
+                            view=view, callbacks=callbacks, **dirs)
         status = "complete"
     finally:
         store.end_sweep(space.name, status)
@@ -168,7 +213,9 @@ def run_sweep(space: SearchSpace | str | Path, *, results: str | Path | None = N
             import ray
 
             ray.shutdown()
-    return SweepReport(space.name, path, _count(store, space.name), len(prev.done),
+    skipped = len(prev.done) + sum(t.replicate > 0 and t.status == Status.COMPLETE
+                                   for t in prev.trials.values())
+    return SweepReport(space.name, path, _count(store, space.name), skipped,
                        time.perf_counter() - t0)
 
 

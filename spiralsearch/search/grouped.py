@@ -29,6 +29,30 @@ class FixedSearch(Searcher):
         pass
 
 
+class PointSearch(Searcher):
+    """Hands out given trial configs in order, then FINISHED: a measurement of fixed points
+    (the replicates of each cell's selected point), not a search; nothing is learnt."""
+
+    def __init__(self, points: list[dict], metric: str, mode: str):
+        super().__init__(metric=metric, mode=mode)
+        self.points = list(points)
+
+    def suggest(self, trial_id: str) -> dict | str:
+        return self.points.pop(0) if self.points else Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        pass
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
 class GroupedSearch(Searcher):
     """Round-robin over per-group searchers, each with a quota of trials.
 

@@ -11,8 +11,8 @@ from collections import defaultdict
 from ray.tune import Callback
 
 from spiralsearch.config import TrialConfig
-from spiralsearch.schema import METRIC_KEYS, SUMMARY_KEYS, Status, pick
-from spiralsearch.search.space import Group, SearchSpace, resolve
+from spiralsearch.schema import METRIC_KEYS, REPLICATE_KEYS, SUMMARY_KEYS, Status, pick
+from spiralsearch.search.space import Group, SearchSpace, trial_config
 from spiralsearch.store import ResultsStore
 
 
@@ -34,19 +34,25 @@ class StoreCallback(Callback):
         return self.groups[trial.config["group"]]
 
     def _config(self, trial) -> TrialConfig:
-        return resolve(self.space, self._group(trial), trial.config["params"])
+        return trial_config(self.space, self.groups, trial.config)
 
     def _row(self, trial, **fields) -> dict:
+        """The trial's row. A search trial's `selected` is the driver's to set once its
+        cell's search is done (replicates.mark_selected); a replicate is selected."""
         config = self._config(trial)
-        spec = str(config.model.spec)
+        spec, r = str(config.model.spec), _replicate(trial)
         return dict(sweep=self.sweep, trial_id=config.trial_id, config=config.to_dict(),
                     family=self.space.family_of(spec), group_name=self._group(trial).name,
-                    spec=spec) | fields
+                    spec=spec, replicate=r, point_id=config.point_id) \
+            | ({"selected": True} if r else {}) | fields
+
+    def _view(self, trial, tid: str | None, status: str, loss: float | None = None) -> None:
+        if self.view:
+            self.view.update(self._group(trial), tid, status, loss, replicate=_replicate(trial))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._trials.append(self._row(trial, status=Status.RUNNING.value))
-        if self.view:
-            self.view.update(self._group(trial), self._config(trial).trial_id, "running")
+        self._view(trial, self._config(trial).trial_id, "running")
         self._flush()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -63,16 +69,14 @@ class StoreCallback(Callback):
         if status == Status.RUNNING:  # the scheduler (ASHA) stopped it early
             status = Status.STOPPED.value
         fields = {k: v for k, v in pick(r, SUMMARY_KEYS).items()
-                  if k not in ("family", "group_name", "spec")}
+                  if k not in ("family", "group_name", "spec", *REPLICATE_KEYS)}
         if status == Status.STOPPED:
             fields |= dict(final_val_loss=r.get("val_loss"), final_val_bpb=r.get("val_bpb"),
                            best_val_loss=self._best.get(r.get("config_hash"), math.nan))
         if "step" in r and r.get("status") != Status.RUNNING and not r.get("cached"):
             self._metrics[r["config_hash"]].append(pick(r, METRIC_KEYS))
         self._trials.append(self._row(trial, **(fields | dict(status=status))))
-        if self.view:
-            self.view.update(self._group(trial), r.get("config_hash"), status,
-                             r.get("final_val_loss"))
+        self._view(trial, r.get("config_hash"), status, r.get("final_val_loss"))
         self._flush(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -83,8 +87,7 @@ class StoreCallback(Callback):
         error = error or "the trial's process died (out of memory?)"
         self._trials.append(self._row(trial, status=Status.FAILED.value,
                                       error=str(error)[-2000:]))
-        if self.view:
-            self.view.update(self._group(trial), self._config(trial).trial_id, "failed")
+        self._view(trial, self._config(trial).trial_id, "failed")
         self._flush(force=True)
 
     def on_experiment_end(self, trials, **info):
@@ -99,12 +102,18 @@ class StoreCallback(Callback):
         self._last_flush = time.monotonic()
 
 
+def _replicate(trial) -> int:
+    return trial.config.get("replicate", 0)
+
+
 class LiveView:
-    """A live table: trials done / running / failed per (budget, group), best loss so far."""
+    """A live table: trials done / running / failed per (budget, group), best loss so far
+    (search trials), and with search.replicates > 1 the replicates done."""
 
     def __init__(self, space: SearchSpace, enabled: bool = True):
         self.space, self.enabled = space, enabled
         self.status: dict[tuple, dict[str, str]] = defaultdict(dict)
+        self.replicas: dict[tuple, dict[str, str]] = defaultdict(dict)
         self.best: dict[tuple, float] = {}
         self.live = None
 
@@ -125,8 +134,14 @@ class LiveView:
             self.live.stop()
             print()
 
-    def update(self, group: Group, tid: str | None, status: str, loss: float | None = None):
+    def update(self, group: Group, tid: str | None, status: str, loss: float | None = None,
+               replicate: int = 0):
         key = (group.budget.value, group.name)
+        if replicate:  # a measurement of the selected point, not a search trial
+            self.replicas[key][tid or f"?{len(self.replicas[key])}"] = status
+            if self.live is not None:
+                self.live.update(self._table())
+            return
         self.status[key][tid or f"?{len(self.status[key])}"] = status
         if loss is not None and math.isfinite(loss):
             self.best[key] = min(loss, self.best.get(key, math.inf))
@@ -137,13 +152,21 @@ class LiveView:
         from rich.table import Table
 
         t = Table(title=f"sweep {self.space.name}")
-        for c in ("budget", "group", "done", "running", "failed/rejected", "best val loss"):
+        reps = self.space.search.replicates - 1
+        for c in ("budget", "group", "done", "running", "failed/rejected", "best val loss",
+                  *(("replicates",) if reps else ())):
             t.add_column(c, justify="right")
         for g in self.space.groups():
-            st = list(self.status[(g.budget.value, g.name)].values())
+            key = (g.budget.value, g.name)
+            st = list(self.status[key].values())
             done = sum(s in ("complete", "stopped", "diverged") for s in st)
             bad = sum(s in ("failed", "rejected") for s in st)
-            best = self.best.get((g.budget.value, g.name))
+            best = self.best.get(key)
+            extra = ()
+            if reps:
+                rs = list(self.replicas[key].values())
+                extra = (f"{sum(s not in ('running', 'pending') for s in rs)}/{reps}",)
             t.add_row(f"{g.budget.value:.3g}", g.name, f"{done}/{g.n_samples(self.space)}",
-                      str(st.count("running")), str(bad), "-" if best is None else f"{best:.4f}")
+                      str(st.count("running")), str(bad), "-" if best is None else f"{best:.4f}",
+                      *extra)
         return t

@@ -1,5 +1,7 @@
 """What earlier runs of a sweep left in its results file, so a re-run skips complete trials,
 teaches Optuna their results and resumes the unfinished ones first (docs/design.md §4).
+Replicates (re-runs of a cell's selected point with other seeds) are kept apart: they never
+count against a group's search quota nor teach its searcher.
 """
 
 
@@ -9,12 +11,15 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spiralsearch.schema import FINAL_STATUSES, SUMMARY_KEYS, Status, pick
+import numpy as np
+
+from spiralsearch.schema import FINAL_STATUSES, REPLICATE_KEYS, SUMMARY_KEYS, Status, pick
 from spiralsearch.search.space import (
     Group,
     SearchSpace,
     SpaceError,
     resolve,
+    trial_config,
 )
 from spiralsearch.search.worker import OBJECTIVE
 from spiralsearch.store import load
@@ -23,15 +28,31 @@ _STORED_METRIC = {"val_loss": "final_val_loss", "best_val_loss": "best_val_loss"
                   "final_val_bpb": "final_val_bpb"}  # search metric -> trials column
 
 
+@dataclass(frozen=True)
+class Stored:
+    """One stored trial of a current group: a search trial (replicate 0) or a replicate."""
+
+    group: int
+    replicate: int
+    params: dict
+    status: str
+    objective: float | None  # the search metric, for a complete trial
+    point_id: str | None  # as stored (None in files from before replicates)
+    selected: bool | None
+
+
 @dataclass
 class Previous:
-    """What earlier runs of this sweep left in the results file, by group index."""
+    """What earlier runs of this sweep left in the results file, by group index. `done`,
+    `finished`, `evaluated` and `unfinished` are the search trials' (replicate 0): what the
+    search quota and the searchers see; `trials` holds every stored trial, replicates too."""
 
     done: dict[str, dict] = field(default_factory=dict)  # complete: trial_id -> final result
     group_of: dict[str, int] = field(default_factory=dict)  # complete: trial_id -> group
     finished: dict[int, int] = field(default_factory=dict)  # trials with a final status
     evaluated: dict[int, list[tuple[dict, float]]] = field(default_factory=dict)
     unfinished: dict[int, list[dict]] = field(default_factory=dict)  # killed mid-run
+    trials: dict[str, Stored] = field(default_factory=dict)  # every trial, replicates too
 
     @classmethod
     def load(cls, results: Path, space: SearchSpace, groups: list[Group]) -> Previous:
@@ -41,14 +62,24 @@ class Previous:
         df = load(results)
         for r in df[df["sweep"] == space.name].to_dict("records") if len(df) else []:
             config = r["config"] if isinstance(r["config"], dict) else json.loads(r["config"])
-            g = _group_of(r, config, space, groups)
+            rep = _replicate_of(r)
+            g = _group_of(r, config, space, groups, rep)
             if g is None:  # the YAML changed since: not part of this sweep's groups now
                 continue
             params = _params(config, groups[g].optuna_space(space))
             status = r["status"]
+            value = r[_STORED_METRIC[space.search.metric]] if status == Status.COMPLETE else None
+            sel = r.get("selected")
+            prev.trials[r["trial_id"]] = Stored(
+                g, rep, params, status, value,
+                r["point_id"] if isinstance(r.get("point_id"), str) else None,
+                bool(sel) if isinstance(sel, bool | np.bool_) else None)
+            if rep:  # a replicate: a measurement, not part of the search
+                continue
             if status == Status.COMPLETE:
-                result = pick(r, SUMMARY_KEYS)
-                result[OBJECTIVE] = r[_STORED_METRIC[space.search.metric]]
+                result = {k: v for k, v in pick(r, SUMMARY_KEYS).items()
+                          if k not in REPLICATE_KEYS}
+                result[OBJECTIVE] = value
                 prev.done[r["trial_id"]] = result
                 prev.group_of[r["trial_id"]] = g
                 prev.evaluated.setdefault(g, []).append((params, result[OBJECTIVE]))
@@ -59,10 +90,20 @@ class Previous:
         return prev
 
 
-def _group_of(row: dict, config: dict, space: SearchSpace, groups: list[Group]) -> int | None:
+def _replicate_of(row: dict) -> int:
+    """The stored replicate number; 0 (a search trial) when NULL or from before replicates."""
+    try:
+        return int(row.get("replicate"))
+    except (TypeError, ValueError):  # None, NaN, pd.NA
+        return 0
+
+
+def _group_of(row: dict, config: dict, space: SearchSpace, groups: list[Group],
+              replicate: int = 0) -> int | None:
     """The index of the stored trial's group: by (budget, group_name), the family for rows
-    written before group names; None unless resolving its params in that group gives the
-    very trial (same id), so a group whose definition changed does not adopt it."""
+    written before group names; None unless resolving its params in that group (with the
+    replicate's seed) gives the very trial (same id), so a group whose definition changed
+    does not adopt it."""
     name = row.get("group_name")
     if not isinstance(name, str):  # NULL (NaN in pandas): a file from before group names
         name = row["family"]
@@ -72,7 +113,8 @@ def _group_of(row: dict, config: dict, space: SearchSpace, groups: list[Group]) 
         return None
     try:
         params = _params(config, groups[g].optuna_space(space))
-        same = resolve(space, groups[g], params).trial_id == row["trial_id"]
+        trial = {"group": g, "params": params, "replicate": replicate}
+        same = trial_config(space, groups, trial).trial_id == row["trial_id"]
     except (SpaceError, KeyError):
         return None
     return g if same else None

@@ -45,7 +45,7 @@ from spiralsearch.search.validate import (
 )
 
 __all__ = ["Group", "Resources", "SearchSettings", "SearchSpace", "SpaceError", "load_space",
-           "parse_space", "resolve"]
+           "parse_space", "resolve", "trial_config"]
 
 
 METRICS = ("val_loss", "best_val_loss", "final_val_bpb")
@@ -71,6 +71,9 @@ class SearchSettings(Config):
                                      check=lambda v: v >= 1, what=">= 1")
     grace_evals: int = opt(2, "evaluations before ASHA may stop a trial",
                            check=lambda v: v >= 1, what=">= 1")
+    replicates: int = opt(1, "runs of each (budget, group)'s selected point: its best "
+                          "search trial, then R - 1 re-runs with train.seed + 1 .. + R - 1",
+                          check=lambda v: v >= 1, what=">= 1")
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,10 @@ def _searched(space: SearchSpace) -> dict[str, dict]:
 
 def _cross_checks(space: SearchSpace) -> None:
     kinds = {k: next(iter(v)) for k, v in _searched(space).items() if k != "model.spec"}
+    if space.search.replicates > 1 and "train.seed" in kinds:
+        raise SpaceError(f"search.replicates: {space.search.replicates} re-runs each selected "
+                         f"point with train.seed + 1, ..., so train.seed cannot be searched "
+                         f"({kinds['train.seed']}); fix train.seed or set replicates: 1")
     numeric = [k for k, kind in kinds.items() if kind != "choice"]
     if space.search.sampler == "grid" and numeric:
         raise SpaceError(f"search.sampler: grid needs every searched option to be a choice; "
@@ -270,3 +277,11 @@ def resolve(space: SearchSpace, group: Group, params: dict[str, Any]) -> TrialCo
         section, name = key.split(".", 1)
         out[section][name] = v
     return TrialConfig.from_dict(out | {"budget": group.budget.to_dict()})
+
+
+def trial_config(space: SearchSpace, groups: list[Group], trial: dict[str, Any]) -> TrialConfig:
+    """The TrialConfig of a Tuner trial's config {"group": i, "params": {...}} and, for a
+    replicate, "replicate": r (r >= 1: the same point with train.seed + r)."""
+    config = resolve(space, groups[trial["group"]], trial["params"])
+    r = trial.get("replicate", 0)
+    return config.replace(train=config.train.replace(seed=config.train.seed + r)) if r else config

@@ -14,7 +14,7 @@ from spiralsearch.schema import METRIC_KEYS, SUMMARY_KEYS, Status, pick
 from spiralsearch.search.space import (
     Group,
     SearchSpace,
-    resolve,
+    trial_config,
 )
 
 OBJECTIVE = "objective"  # the search metric, in every report (Optuna and ASHA read it)
@@ -30,8 +30,9 @@ def objective(metric: str, row: dict, best_val_loss: float) -> float:
 
 def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dict[str, dict],
               checkpoints: str, report=None) -> None:
-    """Train one sampled configuration ({"group": index, "params": flat sampled options}),
-    reporting every evaluation to Ray Tune.
+    """Train one sampled configuration ({"group": index, "params": flat sampled options},
+    and "replicate": r for re-run r of a selected point: train.seed + r), reporting every
+    evaluation to Ray Tune.
 
     Never raises for a trial's own failure: a refused budget, a divergence or an exception
     becomes a final report with its status and error, so the sweep goes on."""
@@ -40,7 +41,7 @@ def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dic
 
         report = tune.report
     group = groups[trial["group"]]
-    config = resolve(space, group, trial["params"])
+    config = trial_config(space, groups, trial)
     tid = config.trial_id
     # Ray stamps its own `trial_id` on every result, so ours travels as `config_hash`.
     spec = str(config.model.spec)

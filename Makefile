@@ -29,10 +29,11 @@ browser:
 test: $(STAMP) browser
 	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -n 2 -q --durations=10
 
-# The inner loop (under a minute here): everything but the tests marked slow (sweeps, Ray,
-# subprocess kills, end-to-end training runs and the README's commands).
+# The inner loop: everything but the tests marked slow (sweeps, Ray, subprocess kills,
+# end-to-end training and CLI runs, the README's commands), property tests at a quarter of
+# their examples. `make test` (and CI) runs everything in full.
 test-fast: $(STAMP)
-	RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -n 2 -q -m "not slow"
+	SPIRALSEARCH_TEST_FAST=1 RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -n 2 -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check spiralsearch tests benchmarks

@@ -3,12 +3,20 @@ every parameter perturbed, and a hypothesis strategy over every schedule and opt
 
 from __future__ import annotations
 
+import os
+
 import torch
 from hypothesis import strategies as st
 
 from spiralsearch import ModelConfig, Spec, build_model
 
 VOCAB = 17
+
+
+def examples(n: int) -> int:
+    """Hypothesis examples for a property test: n, or a quarter of it in `make test-fast`
+    (SPIRALSEARCH_TEST_FAST=1), the inner loop; CI always runs all n."""
+    return max(5, n // 4) if os.environ.get("SPIRALSEARCH_TEST_FAST") else n
 
 
 def tiny(spec, max_seq_len: int = 128, **options) -> ModelConfig:

@@ -73,6 +73,7 @@ def db(tmp_path):
 
 # --- every command and its formats ----------------------------------------------------------
 
+@pytest.mark.slow
 def test_describe_table_json_csv(capsys):
     argv = ["describe", "12", "1+2x{1/2,1}+1", "--seq-len", "64"]
     assert main(argv) == 0
@@ -89,6 +90,7 @@ def test_describe_table_json_csv(capsys):
     assert iterations == data[1]["breakdown"]["analytic"]["iterations"]
 
 
+@pytest.mark.slow
 def test_train_json_summary_and_probe(tmp_path, cache, capsys):
     out = tmp_path / "run"
     assert main(["train", "--spec", "1+1x{1/2,1}+0", *TINY, "--budget-tokens", str(4 * 32 * 4),
@@ -146,6 +148,7 @@ def test_readers_default_to_the_newest_results_file(db, tmp_path, monkeypatch, c
     assert json.loads(capsys.readouterr().out) == [{"n": 9}]
 
 
+@pytest.mark.slow
 def test_fit_and_report(db, tmp_path, capsys):
     """json and csv (the fit's table form: tests/test_report.py); each call refits."""
     assert main(["fit", "--db", str(db), "--bootstrap", "0", "--format", "json"]) == 0

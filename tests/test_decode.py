@@ -2,7 +2,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from models import VOCAB, jittered, tiny
+from models import VOCAB, examples, jittered, tiny
 from models import configs as all_configs
 
 from spiralsearch import ModelConfig, build_model
@@ -26,7 +26,7 @@ def recompute(model, idx: torch.Tensor, n: int):
     return idx, torch.stack(logits, dim=1)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cfg=configs(), L=st.integers(1, 9), n=st.integers(1, 14), prefill=st.booleans(),
        data=st.data())
 def test_greedy_generate_equals_full_forward(cfg, L, n, prefill, data):

@@ -5,6 +5,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from models import examples
 
 from spiralsearch import ModelConfig, Spec, build_model
 from spiralsearch.cli import main
@@ -40,7 +41,7 @@ def configs(draw, closed_at: int | None = None):
                 parallel_residual=draw(st.booleans()))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cfg=configs(), L=st.integers(1, 300))
 def test_fvcore_equals_analytic(cfg, L):
     with torch.device("meta"):
@@ -151,7 +152,7 @@ def _layers_at(cfg: ModelConfig, L: int) -> list[int]:
     return [L] * (spec.n_pre + spec.n_post) + coarse
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(data=st.data(), L=st.integers(1, 300))
 def test_decode_sums_to_causal_prefill(data, L):
     """With every level's last chunk closed at L, decoding tokens 0..L-1 one by one costs
@@ -167,7 +168,7 @@ def test_decode_sums_to_causal_prefill(data, L):
             assert sum(s["iterations"][t][part] for s in steps) == it[part], (t, part)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(cfg=configs(), L=st.integers(1, 300))
 def test_full_minus_causal_attention(cfg, L):
     """Only attention products differ: per layer on n positions, 2 products x 2 FLOPs x d x

@@ -231,6 +231,7 @@ def _trials(groups: dict[str, float], family="spiral", named=True, n=5) -> pd.Da
     return pd.DataFrame(rows)
 
 
+@pytest.mark.slow
 def test_fits_group_by_group_name_and_fall_back_to_family():
     df = _trials({"coarse-to-fine": 1.0, "fine-to-coarse": 2.0})
     assert group_column(df) == "group_name"

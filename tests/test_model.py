@@ -2,14 +2,14 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from models import VOCAB, configs, jittered, tiny
+from models import VOCAB, configs, examples, jittered, tiny
 
 from spiralsearch import ConfigError, ModelConfig, build_model, parse_spec
 from spiralsearch.model.config import PRESET_LAYERS, PRESETS
 from spiralsearch.model.resample import n_chunks
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cfg=configs(), L=st.integers(1, 29), data=st.data())
 def test_strict_causality(cfg, L, data):
     model = jittered(cfg, seed=data.draw(st.integers(0, 2**16)))

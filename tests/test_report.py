@@ -111,6 +111,7 @@ def test_report_renders_in_headless_chromium(db, tmp_path):
     assert not [line for line in console if "Error" in line or "Uncaught" in line], console
 
 
+@pytest.mark.slow
 def test_fits_use_the_test_loss_when_trials_have_one():
     """Selection sees validation; fits and reports use test loss once trials report it (and
     the validation loss for results from before the test split), never a mix."""

@@ -81,6 +81,7 @@ def test_best_per_budget():
 # ----------------------------------------------------------------------------- L(C)
 
 
+@pytest.mark.slow
 def test_fit_recovers_law_despite_diverged_runs():
     C, L = with_bad_runs(*noisy(seed=0))
     fit = fit_power_law(C, L, bootstrap=100, seed=0)
@@ -122,6 +123,7 @@ def test_no_bootstrap_means_no_ci():
 # ----------------------------------------------------------------------------- compare
 
 
+@pytest.mark.slow
 def test_compare_recovers_compute_multiplier():
     k = 3.0  # family A is family B slowed down: it needs 3x the compute for any loss
     ca, la = noisy(seed=10, noise=0.005, k=k)

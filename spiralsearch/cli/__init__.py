@@ -89,19 +89,6 @@ def resolve_db(args: argparse.Namespace) -> Path:
     return found[-1]
 
 
-# ModelConfig's fields carry no help metadata (yet); these are their one-line helps
-_MODEL_HELP = {
-    "d_model": "model width", "n_heads": "attention heads", "mlp_ratio": "MLP width / d_model",
-    "vocab_size": "vocabulary size", "rotary_pct": "fraction of head dims with rotary",
-    "rotary_base": "rotary base", "parallel_residual": "GPT-NeoX parallel attention + MLP",
-    "bias": "biases in linear layers and norms", "max_seq_len": "longest input (tokens)",
-    "topology": "loop topology", "mesh_slots": "MeSH buffer slots (default T+3)",
-    "mesh_init": "MeSH slot 0: token embeddings or the loop's input",
-    "downsample": "chunk pooling", "upsample": "chunk-to-token split",
-    "coarse_positions": "rotary position of a chunk latent", "shift": "causal right-shift",
-    "embed_scale": "multiply token embeddings by sqrt(d_model), as MeSH does",
-    "norm_eps": "LayerNorm epsilon", "init_std": "init standard deviation",
-}
 
 
 def _field_flag(group, name: str, spec, help: str) -> None:
@@ -128,7 +115,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
             continue
         if name in CHOICES:
             spec = dataclasses.replace(spec, choices=CHOICES[name])
-        _field_flag(g, name, spec, spec.help or _MODEL_HELP.get(name, ""))
+        _field_flag(g, name, spec, spec.help)
 
 
 def add_config_options(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from spiralsearch.fields import ConfigError
+from spiralsearch.fields import ConfigError, opt
 from spiralsearch.model.spec import Spec, parse_spec
 
 __all__ = ["CHOICES", "PRESETS", "PRESET_LAYERS", "ConfigError", "ModelConfig"]
@@ -43,25 +43,28 @@ class ModelConfig:
     """Everything that defines a model. `spec` fixes depth and loop layout; the rest width."""
 
     spec: Spec = field(default_factory=lambda: parse_spec("4"))
-    d_model: int = 64
-    n_heads: int = 4
-    mlp_ratio: float = 4.0
-    vocab_size: int = 256
-    rotary_pct: float = 0.25  # fraction of each head's dims that get rotary embeddings
-    rotary_base: float = 10000.0
-    parallel_residual: bool = False  # GPT-NeoX: x + attn(ln1 x) + mlp(ln2 x)
-    bias: bool = True
-    max_seq_len: int = 1024  # tokens
-    topology: str = "mesh"  # the paper's; residual and anchor for ablations
-    mesh_slots: int | None = None  # default T + 3
-    mesh_init: str = "embed"  # MeSH slot 0: token embeddings, or loop_input (pre-block output)
-    downsample: str = "score"
-    upsample: str = "allocate"
-    coarse_positions: str = "chunk"
-    shift: str = "minimal"
-    embed_scale: bool = False  # multiply token embeddings by sqrt(d_model), as MeSH does
-    norm_eps: float = 1e-5
-    init_std: float = 0.02
+    d_model: int = opt(64, "model width")
+    n_heads: int = opt(4, "attention heads")
+    mlp_ratio: float = opt(4.0, "MLP width / d_model")
+    vocab_size: int = opt(256, "vocabulary size")
+    rotary_pct: float = opt(0.25, "fraction of each head's dims with rotary embeddings")
+    rotary_base: float = opt(10000.0, "rotary base")
+    parallel_residual: bool = opt(False, "GPT-NeoX parallel residual: x + attn(ln1 x) + "
+                                  "mlp(ln2 x)")
+    bias: bool = opt(True, "biases in linear layers and norms")
+    max_seq_len: int = opt(1024, "longest input (tokens)")
+    topology: str = opt("mesh", "loop topology (mesh, the paper's; residual and anchor for "
+                        "ablations)")
+    mesh_slots: int | None = opt(None, "MeSH buffer slots (default T + 3)")
+    mesh_init: str = opt("embed", "MeSH slot 0: token embeddings, or loop_input (pre-block "
+                         "output)")
+    downsample: str = opt("score", "chunk pooling")
+    upsample: str = opt("allocate", "chunk-to-token split")
+    coarse_positions: str = opt("chunk", "rotary position of a chunk latent")
+    shift: str = opt("minimal", "causal right-shift")
+    embed_scale: bool = opt(False, "multiply token embeddings by sqrt(d_model), as MeSH does")
+    norm_eps: float = opt(1e-5, "LayerNorm epsilon")
+    init_std: float = opt(0.02, "init standard deviation")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "spec", parse_spec(self.spec))

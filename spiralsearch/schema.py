@@ -56,6 +56,10 @@ class TrialSummary:
     family: str | None = opt(None, "plain, looped or spiral (from the spec)")
     group_name: str | None = opt(None, "the comparison group the trial competes in")
     spec: str | None = opt(None, "canonical spec")
+    size_index: int | None = opt(None, "0-based index on the study's size axis (sizes:), "
+                                 "smallest first; null without one")
+    size_target: float | None = opt(None, "the size axis's target for this trial's cell "
+                                    "(params, by sizes.params); its width is solved within 1%")
     budget_kind: str | None = opt(None, "flops, tokens or params")
     budget_target: float | None = opt(None, "the budget asked for, in budget_kind units")
     budget_achieved: float | None = opt(None, "what whole steps achieve, same units")
@@ -88,6 +92,8 @@ METRIC_KEYS = tuple(f.name for f in dataclasses.fields(MetricRow))
 SUMMARY_KEYS = tuple(f.name for f in dataclasses.fields(TrialSummary))
 # what the sweep driver, not the trial, says about a trial (a trial's report never sets them)
 REPLICATE_KEYS = ("replicate", "point_id", "selected")
+# the trial's cell, which the sweep knows and training does not (its summary leaves them null)
+CELL_KEYS = ("group_name", "size_index", "size_target")
 
 
 def sql_columns(cls) -> dict[str, str]:

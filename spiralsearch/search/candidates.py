@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import itertools
 
-from spiralsearch.config import DataConfig, OptimConfig, resolve_model
+from spiralsearch.config import Budget, DataConfig, OptimConfig, resolve_model
+from spiralsearch.model.config import ModelConfig
+from spiralsearch.search.sizes import sized_model, targets
 from spiralsearch.search.space import Group, SearchSpace
 from spiralsearch.search.validate import (
     SpaceError,
@@ -15,6 +17,7 @@ from spiralsearch.search.validate import (
 from spiralsearch.training.budget import (
     BudgetError,
     non_embedding_params,
+    param_count,
     plan,
     train_flops_per_token,
 )
@@ -45,15 +48,43 @@ def _in_group(flat: dict, group: Group) -> bool:
         flat[k] == v for k, v in group.options if k in flat)
 
 
+def _entry(space: SearchSpace, cfg: ModelConfig, budget: Budget, size: int | None, bs: int,
+           seq_len: int) -> dict:
+    """One candidate under one budget (at one size of the size axis): its plan, or why it is
+    refused. A size no width can reach is the space's error, not a trial's: SpaceError."""
+    entry = dict(budget=budget.value, size=size, status="ok", steps=None, tokens=None,
+                 train_flops=None, params_non_embedding=None, d_model=cfg.d_model,
+                 d_mlp=cfg.d_mlp, size_target=None, params_sized=None, reason=None)
+    if size is not None:
+        try:
+            target = targets(cfg, space.sizes, budget, seq_len)[size]
+            cfg = sized_model(cfg, space.sizes, size, budget, seq_len)
+        except BudgetError as e:
+            raise SpaceError(f"{e}; narrow sizes.span or move the centre") from None
+        entry.update(size_target=target, params_sized=param_count(cfg, space.sizes.params),
+                     d_model=cfg.d_model, d_mlp=cfg.d_mlp)
+    try:
+        p = plan(cfg, budget, batch_size=bs, seq_len=seq_len)
+        entry.update(steps=p.steps, tokens=p.tokens, train_flops=p.train_flops,
+                     params_non_embedding=p.params_non_embedding, d_model=p.model.d_model,
+                     d_mlp=p.model.d_mlp)
+    except BudgetError as e:
+        entry.update(status="rejected", reason=str(e))
+    return entry
+
+
 def check_candidates(space: SearchSpace) -> list[dict]:
     """Plan every candidate (choices and range endpoints of model options x seq_len x
     batch_size) under every budget value, before anything trains. One row per candidate:
     spec, family, model (options), seq_len, batch_size, vocab_size, params_non_embedding,
-    flops_per_token (training FLOPs per token) and budgets, a list with per budget value
-    {budget, status ('ok' | 'rejected'), steps, tokens, train_flops, params_non_embedding,
-    reason}. A refused candidate is a row (the sweep records it as rejected); a budget value
-    that refuses every candidate of a group raises SpaceError."""
-    rows, flats = [], []
+    flops_per_token (training FLOPs per token) and budgets, a list of
+    {budget, size, status ('ok' | 'rejected'), steps, tokens, train_flops,
+    params_non_embedding, d_model, d_mlp, size_target, params_sized, reason}: one entry per
+    budget value, or with a size axis one per (budget value, size index), the size's width
+    solved (size_target and params_sized in the axis's measure). A refused candidate is a
+    row (the sweep records it as rejected); a budget value that refuses every candidate of
+    a group, or a size no width reaches, raises SpaceError."""
+    rows, flats = [], []  # flats: each row's flat options, to match rows to groups
     for opts, seq_len, bs, cfg, flat in _candidates(space):
         flats.append(flat)
         row = dict(spec=opts["spec"], family=space.family_of(opts["spec"]), model=opts,
@@ -61,23 +92,16 @@ def check_candidates(space: SearchSpace) -> list[dict]:
                    params_non_embedding=non_embedding_params(cfg),
                    flops_per_token=train_flops_per_token(cfg, seq_len), budgets=[])
         for budget in space.budgets:
-            entry = dict(budget=budget.value, status="ok", steps=None, tokens=None,
-                         train_flops=None, params_non_embedding=None, reason=None)
-            try:
-                p = plan(cfg, budget, batch_size=bs, seq_len=seq_len)
-                entry.update(steps=p.steps, tokens=p.tokens, train_flops=p.train_flops,
-                             params_non_embedding=p.params_non_embedding)
-            except BudgetError as e:
-                entry.update(status="rejected", reason=str(e))
-            row["budgets"].append(entry)
+            for size in range(space.sizes.count) if space.sizes else [None]:
+                row["budgets"].append(_entry(space, cfg, budget, size, bs, seq_len))
         rows.append(row)
     for g in space.groups():
-        i = space.budgets.index(g.budget)
-        reasons = [r["budgets"][i]["reason"] for r, flat in zip(rows, flats, strict=True)
-                   if _in_group(flat, g)]
+        reasons = [e["reason"] for r, flat in zip(rows, flats, strict=True)
+                   if _in_group(flat, g) for e in r["budgets"]
+                   if e["budget"] == g.budget.value and e["size"] == g.size]
         if reasons and all(reasons):
-            what = str(g.budget)
-            fam = "" if space.search.group_by == "none" else f"{g.name!r} "
+            i, what = space.budgets.index(g.budget), str(g.budget)
+            fam = "" if space.search.group_by == "none" else f"{g.label!r} "
             why = ("gives less than one step" if all("less than one step" in r for r in reasons)
                    else "is refused")
             raise SpaceError(f"budget.values[{i}]: {what} {why} for every {fam}candidate "

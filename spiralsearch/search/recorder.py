@@ -11,8 +11,15 @@ from collections import defaultdict
 from ray.tune import Callback
 
 from spiralsearch.config import TrialConfig
-from spiralsearch.schema import METRIC_KEYS, REPLICATE_KEYS, SUMMARY_KEYS, Status, pick
-from spiralsearch.search.space import Group, SearchSpace, trial_config
+from spiralsearch.schema import (
+    CELL_KEYS,
+    METRIC_KEYS,
+    REPLICATE_KEYS,
+    SUMMARY_KEYS,
+    Status,
+    pick,
+)
+from spiralsearch.search.space import Group, SearchSpace, size_target, trial_config
 from spiralsearch.store import ResultsStore
 
 
@@ -39,10 +46,12 @@ class StoreCallback(Callback):
     def _row(self, trial, **fields) -> dict:
         """The trial's row. A search trial's `selected` is the driver's to set once its
         cell's search is done (replicates.mark_selected); a replicate is selected."""
-        config = self._config(trial)
+        config, group = self._config(trial), self._group(trial)
         spec, r = str(config.model.spec), _replicate(trial)
         return dict(sweep=self.sweep, trial_id=config.trial_id, config=config.to_dict(),
-                    family=self.space.family_of(spec), group_name=self._group(trial).name,
+                    family=self.space.family_of(spec), group_name=group.name,
+                    size_index=group.size,
+                    size_target=size_target(self.space, group, trial.config["params"]),
                     spec=spec, replicate=r, point_id=config.point_id) \
             | ({"selected": True} if r else {}) | fields
 
@@ -69,7 +78,7 @@ class StoreCallback(Callback):
         if status == Status.RUNNING:  # the scheduler (ASHA) stopped it early
             status = Status.STOPPED.value
         fields = {k: v for k, v in pick(r, SUMMARY_KEYS).items()
-                  if k not in ("family", "group_name", "spec", *REPLICATE_KEYS)}
+                  if k not in ("family", "spec", *CELL_KEYS, *REPLICATE_KEYS)}
         if status == Status.STOPPED:
             fields |= dict(final_val_loss=r.get("val_loss"), final_val_bpb=r.get("val_bpb"),
                            best_val_loss=self._best.get(r.get("config_hash"), math.nan))
@@ -136,7 +145,7 @@ class LiveView:
 
     def update(self, group: Group, tid: str | None, status: str, loss: float | None = None,
                replicate: int = 0):
-        key = (group.budget.value, group.name)
+        key = (group.budget.value, group.label)
         if replicate:  # a measurement of the selected point, not a search trial
             self.replicas[key][tid or f"?{len(self.replicas[key])}"] = status
             if self.live is not None:
@@ -157,7 +166,7 @@ class LiveView:
                   *(("replicates",) if reps else ())):
             t.add_column(c, justify="right")
         for g in self.space.groups():
-            key = (g.budget.value, g.name)
+            key = (g.budget.value, g.label)
             st = list(self.status[key].values())
             done = sum(s in ("complete", "stopped", "diverged") for s in st)
             bad = sum(s in ("failed", "rejected") for s in st)
@@ -166,7 +175,7 @@ class LiveView:
             if reps:
                 rs = list(self.replicas[key].values())
                 extra = (f"{sum(s not in ('running', 'pending') for s in rs)}/{reps}",)
-            t.add_row(f"{g.budget.value:.3g}", g.name, f"{done}/{g.n_samples(self.space)}",
+            t.add_row(f"{g.budget.value:.3g}", g.label, f"{done}/{g.n_samples(self.space)}",
                       str(st.count("running")), str(bad), "-" if best is None else f"{best:.4f}",
                       *extra)
         return t

@@ -101,23 +101,27 @@ def _replicate_of(row: dict) -> int:
 def _group_of(row: dict, config: dict, space: SearchSpace, groups: list[Group],
               replicate: int = 0) -> int | None:
     """The index of the stored trial's group: by (budget, group_name), the family for rows
-    written before group names; None unless resolving its params in that group (with the
-    replicate's seed) gives the very trial (same id), so a group whose definition changed
-    does not adopt it."""
+    written before group names, then (with a size axis) the size whose resolved config is
+    the very trial (same id, with the replicate's seed), so a group whose definition changed
+    does not adopt it; None when no current group gives that trial."""
     name = row.get("group_name")
     if not isinstance(name, str):  # NULL (NaN in pandas): a file from before group names
         name = row["family"]
-    g = next((i for i, grp in enumerate(groups) if grp.name == name
-              and grp.budget.to_dict() == config["budget"]), None)
-    if g is None:
-        return None
     try:
-        params = _params(config, groups[g].optuna_space(space))
-        trial = {"group": g, "params": params, "replicate": replicate}
-        same = trial_config(space, groups, trial).trial_id == row["trial_id"]
-    except (SpaceError, KeyError):
-        return None
-    return g if same else None
+        size = int(row.get("size_index"))
+    except (TypeError, ValueError):  # NULL (None, NaN, pd.NA): no size axis
+        size = None
+    for g, grp in enumerate(groups):
+        if grp.name != name or grp.budget.to_dict() != config["budget"] or grp.size != size:
+            continue
+        try:
+            params = _params(config, grp.optuna_space(space))
+            trial = {"group": g, "params": params, "replicate": replicate}
+            if trial_config(space, groups, trial).trial_id == row["trial_id"]:
+                return g
+        except (SpaceError, KeyError):
+            continue
+    return None
 
 
 def _params(config: dict, dists: dict) -> dict:

@@ -14,7 +14,9 @@ Errors are one line: the key path, the bad value, what is allowed.
 What competes is `search.group_by`: family (default), spec, none (one group, 'all'), an
 option key with discrete values (model.topology: one group per value), or named groups
 (a name plus fixed values: `- {name: coarse-to-fine, model.spec: "2+4x{1/8,1/4,1/2,1}+2"}`).
-Every group is crossed with every budget.
+Every group is crossed with every budget and, with a `sizes:` section (the IsoFLOP axis,
+sizes.py), with every model size: a cell is (budget, group, size), and each cell searches,
+selects and replicates on its own.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import optuna
 from spiralsearch.config import Budget, Config, DataConfig, OptimConfig, TrialConfig
 from spiralsearch.fields import FieldSpec, check_keys, check_value, opt
 from spiralsearch.model.spec import parse_spec
+from spiralsearch.search.sizes import SizeAxis, sized_model, targets
 from spiralsearch.search.validate import (
     FAMILIES,
     SECTIONS,
@@ -45,7 +48,7 @@ from spiralsearch.search.validate import (
 )
 
 __all__ = ["Group", "Resources", "SearchSettings", "SearchSpace", "SpaceError", "load_space",
-           "parse_space", "resolve", "trial_config"]
+           "parse_space", "resolve", "size_target", "trial_config"]
 
 
 METRICS = ("val_loss", "best_val_loss", "final_val_bpb")
@@ -89,13 +92,20 @@ class Resources(Config):
 @dataclass(frozen=True)
 class Group:
     """Trials that compete: one budget and one group of search.group_by (a family, a spec,
-    an option's value, a named group, or 'all'). `specs`: the group's canonical specs;
-    `options`: the other options it fixes, as (flat key, value) pairs."""
+    an option's value, a named group, or 'all'), and with a size axis one of its sizes.
+    `specs`: the group's canonical specs; `options`: the other options it fixes, as (flat
+    key, value) pairs; `size`: the index on the space's size axis (None without one)."""
 
     budget: Budget
     name: str
     specs: tuple[str, ...]
     options: tuple[tuple[str, Any], ...] = ()
+    size: int | None = None
+
+    @property
+    def label(self) -> str:
+        """The cell's name in messages and tables: the group, and its size if any."""
+        return self.name if self.size is None else f"{self.name} size {self.size + 1}"
 
     def optuna_space(self, space: SearchSpace) -> dict[str, optuna.distributions.BaseDistribution]:
         """Flat keys ("model.spec", "train.lr", ...) of the options the group leaves open."""
@@ -137,6 +147,7 @@ class SearchSpace:
     search: SearchSettings
     resources: Resources
     description: str = ""
+    sizes: SizeAxis | None = None  # the IsoFLOP axis: P sizes per (budget, group)
 
     @property
     def specs(self) -> list[str]:
@@ -154,9 +165,11 @@ class SearchSpace:
         return self.budgets[0].kind
 
     def groups(self) -> list[Group]:
-        """One group per (budget, group of search.group_by), budgets in YAML order."""
-        return [Group(b, name, specs, options) for b in self.budgets
-                for name, specs, options in self._group_defs()]
+        """One group per (budget, group of search.group_by[, size]), budgets in YAML order,
+        sizes from smallest to largest."""
+        sizes = range(self.sizes.count) if self.sizes else [None]
+        return [Group(b, name, specs, options, i) for b in self.budgets
+                for name, specs, options in self._group_defs() for i in sizes]
 
     def _group_defs(self) -> list[tuple[str, tuple[str, ...], tuple]]:
         """(name, specs, other fixed options) of each group, whatever the budget."""
@@ -203,6 +216,8 @@ def _cross_checks(space: SearchSpace) -> None:
         raise SpaceError(f"search.replicates: {space.search.replicates} re-runs each selected "
                          f"point with train.seed + 1, ..., so train.seed cannot be searched "
                          f"({kinds['train.seed']}); fix train.seed or set replicates: 1")
+    if space.sizes is not None:
+        _check_sizes(space)
     numeric = [k for k, kind in kinds.items() if kind != "choice"]
     if space.search.sampler == "grid" and numeric:
         raise SpaceError(f"search.sampler: grid needs every searched option to be a choice; "
@@ -226,6 +241,16 @@ def _cross_checks(space: SearchSpace) -> None:
                          f"({longest})")
 
 
+def _check_sizes(space: SearchSpace) -> None:
+    """A size axis solves each trial's width for a budget's FLOPs or tokens."""
+    if space.budget_kind == "params":
+        raise SpaceError("sizes: a params budget already fixes the size; use budget.kind "
+                         "flops (the IsoFLOP design) or tokens")
+    if "d_model" in space.model:
+        raise SpaceError("model.d_model: the size axis (sizes:) solves each trial's width; "
+                         "leave d_model out (n_heads and mlp_ratio set the shape)")
+
+
 _TEXT = FieldSpec(str, False)
 
 
@@ -245,7 +270,8 @@ def parse_space(text: str, source: str = "<string>") -> SearchSpace:
     space = SearchSpace(
         name=name, yaml_text=text, data=data, model=model, train=train, budgets=budgets,
         search=search, resources=Resources.from_dict(doc.get("resources"), "resources"),
-        description=check_value("description", doc.get("description", ""), _TEXT))
+        description=check_value("description", doc.get("description", ""), _TEXT),
+        sizes=SizeAxis.from_dict(doc["sizes"]) if doc.get("sizes") is not None else None)
     _cross_checks(space)
     return space
 
@@ -260,11 +286,30 @@ def load_space(path: str | Path) -> SearchSpace:
 
 
 def resolve(space: SearchSpace, group: Group, params: dict[str, Any]) -> TrialConfig:
-    """Sampled flat params + the group's fixed values -> the trial's TrialConfig."""
+    """Sampled flat params + the group's fixed values -> the trial's TrialConfig (with a
+    size axis, its width solved for the group's size)."""
+    config = _unsized(space, group, params)
+    if group.size is None:
+        return config
+    # the width is part of the trial's config (and identity): a rerun trains the same model
+    return config.replace(model=sized_model(config.model, space.sizes, group.size,
+                                            group.budget, config.data.seq_len))
+
+
+def size_target(space: SearchSpace, group: Group, params: dict[str, Any]) -> float | None:
+    """The size axis's target (params, by sizes.params) of a trial of the group; None
+    without a size axis."""
+    if group.size is None:
+        return None
+    config = _unsized(space, group, params)
+    return targets(config.model, space.sizes, group.budget, config.data.seq_len)[group.size]
+
+
+def _unsized(space: SearchSpace, group: Group, params: dict[str, Any]) -> TrialConfig:
     dists = group.optuna_space(space)
     if set(params) != set(dists):
         raise SpaceError(f"resolve: params {sorted(params)} are not the searched keys "
-                         f"{sorted(dists)} of group ({group.budget}, {group.name})")
+                         f"{sorted(dists)} of group ({group.budget}, {group.label})")
     for k, v in params.items():
         try:
             inside = dists[k]._contains(dists[k].to_internal_repr(v))

@@ -28,7 +28,8 @@ from spiralsearch.fields import (
 from spiralsearch.model.config import CHOICES, PRESETS, ModelConfig
 from spiralsearch.model.spec import SpecError, parse_spec
 
-SECTIONS = ("name", "description", "data", "model", "train", "budget", "search", "resources")
+SECTIONS = ("name", "description", "data", "model", "train", "budget", "sizes", "search",
+            "resources")
 DISTRIBUTIONS = ("choice", "int", "uniform", "loguniform")
 FAMILIES = ("plain", "looped", "spiral")
 # A search space's errors are config errors: one type, one-line messages with the key path.

@@ -14,6 +14,7 @@ from spiralsearch.schema import METRIC_KEYS, SUMMARY_KEYS, Status, pick
 from spiralsearch.search.space import (
     Group,
     SearchSpace,
+    size_target,
     trial_config,
 )
 
@@ -46,7 +47,8 @@ def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dic
     # Ray stamps its own `trial_id` on every result, so ours travels as `config_hash`.
     spec = str(config.model.spec)
     base = dict(config_hash=tid, family=space.family_of(spec), group_name=group.name,
-                budget_target=group.budget.value)
+                budget_target=group.budget.value, size_index=group.size,
+                size_target=size_target(space, group, trial["params"]))
     if tid in done:  # complete in an earlier run of this sweep (maybe before group names)
         report(base | done[tid] | {"cached": True, "group_name": group.name})
         return

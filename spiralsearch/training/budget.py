@@ -12,6 +12,7 @@ more than 1% (or that gives less than one step) is refused with a `BudgetError`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -21,8 +22,8 @@ from spiralsearch.model.config import ModelConfig
 from spiralsearch.model.counting import analytic_flops, count_params
 from spiralsearch.model.transformer import build_model
 
-__all__ = ["BUDGET_KINDS", "TOLERANCE", "Budget", "BudgetError", "Plan", "non_embedding_params",
-           "plan", "solve_width", "train_flops_per_token"]
+__all__ = ["BUDGET_KINDS", "PARAM_MEASURES", "TOLERANCE", "Budget", "BudgetError", "Plan",
+           "non_embedding_params", "param_count", "plan", "solve_width", "train_flops_per_token"]
 
 TOLERANCE = 0.01  # relative miss allowed between achieved and target budget
 
@@ -80,40 +81,61 @@ def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     return 3 * analytic_flops(cfg, seq_len)["total"] / seq_len
 
 
+PARAM_MEASURES = ("non_embedding", "unrolled")  # what a size counts (count_params keys)
+
+
+@functools.lru_cache(maxsize=4096)
+def param_count(cfg: ModelConfig, measure: str = "non_embedding") -> int:
+    """Parameters of a config by `measure`: non_embedding (stored, less embedding and head)
+    or unrolled (non-embedding, each use of the shared core counted). Built on the meta
+    device (no memory) and cached: the width solvers ask for the same configs often."""
+    with torch.device("meta"):
+        return count_params(build_model(cfg))[measure]
+
+
 def non_embedding_params(cfg: ModelConfig) -> int:
     """Non-embedding parameters of a config (built on the meta device: no memory)."""
-    with torch.device("meta"):
-        return count_params(build_model(cfg))["non_embedding"]
+    return param_count(cfg, "non_embedding")
 
 
-def solve_width(cfg: ModelConfig, target: float) -> ModelConfig:
-    """A copy of cfg whose non-embedding parameter count is within 1% of `target`: the
-    d_model (multiple of n_heads) closest to it at the config's MLP ratio, then the MLP
-    width that closes the gap. Raises BudgetError when no width gets there."""
-    h = cfg.n_heads
+def widths(cfg: ModelConfig, n: int) -> ModelConfig:
+    """cfg at d_model = n x n_heads (the head count stays, so every width is valid)."""
+    return cfg.replace(d_model=n * cfg.n_heads)
+
+
+MAX_D_MODEL = 1 << 16
+
+
+def solve_width(cfg: ModelConfig, target: float, measure: str = "non_embedding") -> ModelConfig:
+    """A copy of cfg whose parameter count (by `measure`, see param_count) is within 1% of
+    `target`: the d_model (multiple of n_heads) closest to it at the config's MLP ratio,
+    then the MLP width that closes the gap. Raises BudgetError when no width gets there."""
+    def count(c: ModelConfig) -> int:
+        return param_count(c, measure)
+
     lo, hi = 1, 1
-    while non_embedding_params(cfg.replace(d_model=hi * h)) < target:
+    while count(widths(cfg, hi)) < target:
         lo, hi = hi, hi * 2
-        if hi * h > 1 << 16:
-            raise BudgetError(f"params budget {target:.4g} needs d_model > 65536")
+        if hi * cfg.n_heads > MAX_D_MODEL:
+            raise BudgetError(f"{measure} params {target:.4g} need d_model > {MAX_D_MODEL}")
     while hi - lo > 1:  # largest multiple of h whose count stays below the target
         mid = (lo + hi) // 2
-        if non_embedding_params(cfg.replace(d_model=mid * h)) < target:
+        if count(widths(cfg, mid)) < target:
             lo = mid
         else:
             hi = mid
-    best = min((cfg.replace(d_model=m * h) for m in (lo, hi)),
-               key=lambda c: abs(non_embedding_params(c) - target))
+    best = min((widths(cfg, m) for m in (lo, hi)), key=lambda c: abs(count(c) - target))
     d = best.d_model
     # Fine-tune the MLP width: params are linear in it, so two probes give the slope.
-    p0 = non_embedding_params(best.replace(mlp_ratio=(best.d_mlp + 0.5) / d))
-    p1 = non_embedding_params(best.replace(mlp_ratio=(best.d_mlp + 1.5) / d))
+    p0 = count(best.replace(mlp_ratio=(best.d_mlp + 0.5) / d))
+    p1 = count(best.replace(mlp_ratio=(best.d_mlp + 1.5) / d))
     d_mlp = max(1, best.d_mlp + round((target - p0) / (p1 - p0)))
     tuned = best.replace(mlp_ratio=(d_mlp + 0.5) / d)
-    got = non_embedding_params(tuned)
+    got = count(tuned)
     if abs(got - target) > TOLERANCE * target:
-        raise BudgetError(f"params budget {target:.4g}: the closest width gives {got:,} "
-                          f"non-embedding params ({got / target - 1:+.1%}); allowed ±1%")
+        raise BudgetError(f"{measure} params {target:.4g} for spec {cfg.spec}: the closest "
+                          f"width (d_model {d}) gives {got:,} ({got / target - 1:+.1%}); "
+                          f"allowed ±1%")
     return tuned
 
 

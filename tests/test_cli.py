@@ -50,13 +50,13 @@ def cache(tmp_path, monkeypatch):
 
 @pytest.fixture
 def db(tmp_path):
-    """A small results file: 2 families x 4 FLOP budgets on a known law, one failed trial
-    (two families: each fit takes ~1.5 s of L-BFGS starts)."""
+    """A small results file: 2 families x 6 FLOP budgets on a known law (a frontier fit
+    needs 5), one failed trial."""
     store = ResultsStore(tmp_path / "cli.duckdb")
     store.begin_sweep("cli", "name: cli\n")
     trials, metrics = [], {}
     for family, spec, shift in (("plain", "4", 1.0), ("spiral", "1+2x{1/4,1/2,1}+1", 2.0)):
-        for budget in np.geomspace(1e12, 1e15, 4):
+        for budget in np.geomspace(1e12, 1e15, 6):
             config = dict(model=dict(spec=spec), budget=dict(kind="flops", value=float(budget)))
             loss = 1.5 + 8000.0 * (budget * shift) ** -0.25
             trials.append(dict(sweep="cli", config=config, family=family, spec=spec,
@@ -150,11 +150,15 @@ def test_readers_default_to_the_newest_results_file(db, tmp_path, monkeypatch, c
 
 @pytest.mark.slow
 def test_fit_and_report(db, tmp_path, capsys):
-    """json and csv (the fit's table form: tests/test_report.py); each call refits."""
+    """json (the whole study) and csv (the fit table); each call refits."""
     assert main(["fit", "--db", str(db), "--bootstrap", "0", "--format", "json"]) == 0
-    fits = {r["group"]: r for r in json.loads(capsys.readouterr().out)}
-    assert set(fits) == {"plain", "spiral"}
+    study = json.loads(capsys.readouterr().out)
+    fits = {g: v["frontier"] for g, v in study["groups"].items()}
+    assert set(fits) == {"plain", "spiral"} and study["baseline"] == "plain"
     assert fits["spiral"]["alpha"] == pytest.approx(0.25, rel=0.05)
+    # spiral reaches a loss with half plain's compute (its law is shifted by 2x)
+    assert study["summary"][0]["multiplier"] == pytest.approx(0.5, rel=0.05)
+    assert study["conclusion"][0].startswith("inconclusive: spiral reaches plain's loss")
     assert main(["fit", "--db", str(db), "--bootstrap", "0", "--format", "csv"]) == 0
     rows = csv_rows(capsys.readouterr().out)
     assert sorted(r["group"] for r in rows) == ["plain", "spiral"]

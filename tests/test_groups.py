@@ -227,6 +227,7 @@ def _trials(groups: dict[str, float], family="spiral", named=True, n=5) -> pd.Da
         for c in np.geomspace(1e12, 1e16, n):
             rows.append(dict(group_name=name if named else None, family=family, spec=name,
                              status="complete", budget_target=c, train_flops=c,
+                             trial_id=f"{name}{c:.3g}{named}",
                              final_val_loss=1.5 + 8000 * (c * shift) ** -0.25))
     return pd.DataFrame(rows)
 
@@ -235,9 +236,10 @@ def _trials(groups: dict[str, float], family="spiral", named=True, n=5) -> pd.Da
 def test_fits_group_by_group_name_and_fall_back_to_family():
     df = _trials({"coarse-to-fine": 1.0, "fine-to-coarse": 2.0})
     assert group_column(df) == "group_name"
-    rows = {r["group"]: r for r in fit_table(df, reference="coarse-to-fine")}
+    rows = {r["group"]: r for r in fit_table(df, baseline="coarse-to-fine")}
     assert set(rows) == {"coarse-to-fine", "fine-to-coarse"}
-    assert rows["fine-to-coarse"]["multiplier"] == pytest.approx(2.0, rel=0.05)
+    # fine-to-coarse's law is shifted by 2x in compute: it needs half the compute
+    assert rows["fine-to-coarse"]["multiplier"] == pytest.approx(0.5, rel=0.05)
     assert rows["coarse-to-fine"]["alpha"] == pytest.approx(0.25, rel=0.05)
     # too few points to fit (quick): the rows still say how the trials were grouped
     old = _trials({"x": 1.0, "y": 1.0}, named=False, n=1)  # a file from before group names

@@ -1,9 +1,9 @@
-"""The fit table of a results file (docs/design.md §6): L(C) = E + A·C^(−α) per group
-(the sweep's comparison groups, `group_name`; the family in files from before them)
-on its best trial per budget (all its trials when it has fewer than 3 budgets), the compute
-multiplier against the plain family, and a backtest.
+"""A results file's trials, ready for the study analysis (docs/design.md §6): which loss
+(test, else validation), which groups (the sweep's comparison groups, `group_name`; the
+family in files from before them), and the fit table that `spiralsearch fit` prints.
 
-    rows = fit_table(load_results("results/quickstart.duckdb")["trials"], bootstrap=200)
+    st = study(load_results("results/quickstart.duckdb")["trials"], bootstrap=200)
+    rows = rows_of(st)     # one row per group: E, A, alpha, multiplier, backtest
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from spiralsearch.analysis.scaling import (
     compare,
     fit_power_law,
 )
+from spiralsearch.analysis.study import Study, analyse
 from spiralsearch.model.spec import parse_spec
 from spiralsearch.store import connect_readonly
 
@@ -100,14 +101,46 @@ def group_column(trials: pd.DataFrame) -> str:
     return "family"
 
 
+def study(trials: pd.DataFrame, by: str | None = None, *, baseline: str | None = None,
+          bootstrap: int = 200, seed: int = 0, E: float | None = None,
+          shared_E: bool = False) -> Study:
+    """The study analysis of a results file's trials (analysis/study.py): per group (`by`, a
+    trials column; default `group_column`) the frontier, IsoFLOP and L(N, D) views on the
+    test loss (`loss_column`), multipliers against `baseline` (default: the first group),
+    intervals from `bootstrap` draws that redraw replicates, and the conclusion."""
+    by = by or group_column(trials)
+    if len(trials) and by not in trials:
+        raise ValueError(f"--by {by!r}: no such trials column (e.g. group_name, family, spec)")
+    df = grouped(trials, by)
+    return analyse(df, by=by, loss=loss_column(trials), baseline=baseline,
+                   bootstrap=bootstrap, seed=seed, E=E, shared_E=shared_E)
+
+
 def fit_table(trials: pd.DataFrame, by: str | None = None, bootstrap: int = 0, seed: int = 0,
-              reference: str = "plain") -> list[dict[str, Any]]:
-    """One row per group (`by`, a trials column; default `group_column`: the sweep's
-    comparison groups): n trials, E, A, alpha with their bootstrap intervals, the compute
-    multiplier against the `reference` group (how many times the compute the reference needs
-    to reach the loss this group reaches at its largest budget; > 1 means this group is more
-    compute-efficient), and the backtest's relative error."""
-    return _fit_groups(trials, by, bootstrap, seed, reference)[0]
+              baseline: str | None = None, **kw) -> list[dict[str, Any]]:
+    """One row per group of `study`: trials, cells, frontier points, E, A, alpha (with
+    intervals and bounds, or why the fit is refused), the compute multiplier against the
+    baseline at the largest common budget, and the backtest."""
+    return rows_of(study(trials, by, baseline=baseline, bootstrap=bootstrap, seed=seed, **kw))
+
+
+def rows_of(st: Study) -> list[dict[str, Any]]:
+    """The fit table's rows of a Study."""
+    mult = {m["group"]: m for m in st.summary}
+    rows = []
+    for name, g in st.groups.items():
+        f, bt = g.frontier, g.backtest
+        row = dict(group=name, n_trials=g.n_trials, n_cells=g.n_cells,
+                   n_points=len(f.get("points", [])), loss=st.loss,
+                   **{k: f.get(k) for k in ("E", "A", "alpha", "ci", "at_bound")},
+                   note=f.get("refused"))
+        m = mult.get(name, {})
+        row |= dict(baseline=st.baseline, multiplier=m.get("multiplier"),
+                    multiplier_ci=m.get("ci"), multiplier_note=m.get("refused"),
+                    backtest_rel_error=bt.get("rel_error"), backtest_inside=bt.get("inside"),
+                    backtest_note=bt.get("refused"))
+        rows.append(row)
+    return rows
 
 
 def _fit_groups(trials: pd.DataFrame, by: str | None, bootstrap: int, seed: int,
@@ -155,21 +188,41 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 def _ci(row: dict, key: str) -> str:
     lo_hi = (row.get("ci") or {}).get(key) if key != "multiplier" else row.get("multiplier_ci")
-    if not lo_hi or lo_hi[0] == lo_hi[1]:  # too few points for resamples to differ
+    if not lo_hi or lo_hi[0] == lo_hi[1]:
         return ""
     return f" [{_fmt(lo_hi[0], 3)}, {_fmt(lo_hi[1], 3)}]"
 
 
+def param_text(row: dict, key: str, digits: int = 4) -> str:
+    """A fitted parameter as the table shows it: a bound as a bound (`E ≤ 1.82 (at bound)`,
+    `0 (at bound)`), else the estimate and its interval."""
+    v, bounds = row.get(key), row.get("at_bound") or []
+    if v is None:
+        return "n/a"
+    if key == "E" and "E=0" in bounds:
+        return "0 (at bound)"
+    if key == "E" and "E=min loss" in bounds:
+        return f"≤ {_fmt(v, digits)} (at bound)"
+    if key == "alpha" and any(b.startswith("alpha=") for b in bounds):
+        return f"{_fmt(v, digits)} (at bound)"
+    return _fmt(v, digits) + _ci(row, key)
+
+
 def fit_rows_text(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Column names and formatted cells of a fit table (for the CLI and the report)."""
-    cols = ["group", "trials", "points fitted", "E", "A", "alpha", "compute x vs plain",
-            "backtest error"]
+    base = rows[0].get("baseline") if rows else None
+    cols = ["group", "trials", "cells", "budgets", "E", "A", "alpha",
+            f"compute x of {base}", "backtest (largest budget)"]
     cells = []
     for r in rows:
-        bt = r.get("backtest_rel_error")
-        cells.append([str(r["group"]), str(r["n_trials"]), str(r["n_points"]),
-                      _fmt(r.get("E")) + _ci(r, "E"),
-                      _fmt(r.get("A"), 3) + _ci(r, "A"), _fmt(r.get("alpha")) + _ci(r, "alpha"),
-                      _fmt(r.get("multiplier"), 3) + _ci(r, "multiplier"),
-                      "n/a" if bt is None else f"{bt:.1%}"])
+        bt, inside = r.get("backtest_rel_error"), r.get("backtest_inside")
+        bt_text = "refused" if bt is None else f"{bt:.1%}" + (
+            "" if inside is None else " (inside interval)" if inside else " (outside interval)")
+        mult = "baseline" if r["group"] == base else (
+            _fmt(r.get("multiplier"), 3) + _ci(r, "multiplier"))
+        fitted = r.get("note") is None
+        cells.append([str(r["group"]), str(r["n_trials"]), str(r.get("n_cells", "")),
+                      str(r["n_points"]),
+                      *((param_text(r, "E"), param_text(r, "A", 3), param_text(r, "alpha"))
+                        if fitted else ("refused", "", "")), mult, bt_text])
     return cols, cells

@@ -60,16 +60,39 @@ def _dry_run(args: argparse.Namespace, space) -> int:
 
 
 def _candidate_table(space, rows: list[dict]) -> None:
+    """One row per candidate (its cost under each budget); with a size axis the candidates'
+    shapes, then the size grid."""
     unit = {"flops": "FLOPs", "tokens": "tokens", "params": "params"}[space.budget_kind]
     varying = sorted({k for r in rows for k, v in r["model"].items()
                       if k != "spec" and any(o["model"].get(k) != v for o in rows)})
     table = []
     for r in rows:
-        per = [(si(b["tokens"]) + " tok" if b.get("tokens") else "refused: "
-                + str(b.get("reason", ""))[:40]) for b in r["budgets"]]
+        per = [] if space.sizes else [
+            (si(b["tokens"]) + " tok" if b.get("tokens") else "refused: "
+             + str(b.get("reason", ""))[:40]) for b in r["budgets"]]
         options = " ".join(f"{k}={r['model'].get(k)}" for k in varying)
         table.append([r["spec"], r["family"], options, si(r["params_non_embedding"]),
                       si(r["flops_per_token"], "FLOP"), *per])
+    per_budget = [] if space.sizes else [f"{si(b.value)} {unit}" for b in space.budgets]
     print_table(f"{space.name}: {len(rows)} candidates (dry run)",
-                ["spec", "family", "options", "params (non-emb)", "train FLOPs/token",
-                 *[f"{si(b.value)} {unit}" for b in space.budgets]], table)
+                ["spec", "family", "options",
+                 "params (preset width)" if space.sizes else "params (non-emb)",
+                 "train FLOPs/token", *per_budget], table)
+    if space.sizes:
+        _size_grid(space, rows)
+
+
+def _size_grid(space, rows: list[dict]) -> None:
+    """The IsoFLOP grid: every candidate at every (budget, size), its solved width and what
+    the budget gives it (tokens, tokens per parameter, steps)."""
+    measure = space.sizes.params.replace("_", "-")
+    table = [[si(e["budget"]), r["spec"], f"{e['size'] + 1}/{space.sizes.count}",
+              si(e["size_target"]), si(e["params_sized"]), str(e["d_model"]), str(e["d_mlp"]),
+              *((si(e["tokens"]), f"{e['tokens'] / e['params_sized']:.3g}", str(e["steps"]))
+                if e["status"] == "ok" else ("refused", "-", str(e["reason"])[:40]))]
+             for b in space.budgets for r in rows for e in r["budgets"]
+             if e["budget"] == b.value]
+    print_table(f"size grid: {space.sizes.count} sizes x {len(space.budgets)} budgets "
+                f"({measure} params)",
+                ["budget", "spec", "size", "target", "params", "d_model", "d_mlp", "tokens",
+                 "tokens/param", "steps"], table)

@@ -1,0 +1,488 @@
+"""The analysis of a study (docs/design.md §6): per comparison group, three views of the same
+trials, intervals from resampling replicates, compute multipliers against a baseline group,
+and one sentence per comparison.
+
+    study = analyse(trials, bootstrap=200)  # trials: load_results(db)["trials"]
+    study.groups["spiral"].frontier         # L*(C) = E + A C^-alpha, best size per budget
+    study.groups["spiral"].isoflop          # per budget: parabola in log N, N*(C), L*(C)
+    study.conclusion                        # ["spiral reaches plain's loss at ... 0.62x ..."]
+    study.to_dict()                         # what `spiralsearch fit --format json` prints
+
+A **cell** is (group, budget, size): its selected point's replicates (search.replicates), or,
+in results without them, the best trial by validation loss. Cell means of the test loss are
+what every fit sees; weights are replicate counts.
+
+**Uncertainty.** Each bootstrap draw redraws every cell's replicates: the cell mean plus R
+residuals drawn with replacement from the group's pooled replicate residuals (each scaled by
+sqrt(R / (R - 1)), so their spread is the unbiased within-cell one), then reruns the whole
+pipeline (best size per budget included). Without replicates there is nothing honest to
+resample, and intervals are refused with that reason. Percentile intervals, 95%.
+
+**Refusals.** A fit needs at least (its parameters + 2) distinct points, or it is refused with
+the reason: L(C) 5 budgets (4 with E fixed), a parabola 5 sizes, N*(C) = k C^a 4 budgets
+with the optimum inside the grid, L(N, D) 7 cells. The backtest holds out the largest budget
+and needs a frontier fit on the rest.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from spiralsearch.analysis import vp
+from spiralsearch.analysis.fitting import jsonable
+
+LEVEL = 0.95
+NEED = {"frontier": 5, "frontier_fixed_E": 4, "parabola": 5, "optimal_size": 4, "nd": 7}
+ND_DRAWS = 40  # L(N, D) refits per bootstrap (each ~50 ms); its intervals say so
+
+
+# ----------------------------------------------------------------------------- cells
+
+
+def cells(trials: pd.DataFrame, by: str, loss: str) -> pd.DataFrame:
+    """One row per (group, budget, size) of the complete trials with a finite `loss`: C
+    (training FLOPs), N (non-embedding params), N_unrolled, D (tokens), R, mean, losses (the
+    replicates' losses) and the trial ids. The cell's point is its selected trials (replicates
+    of its selected point) where the sweep marked them, else its best trial by validation."""
+    ok = (trials["status"] == "complete") & np.isfinite(trials[loss].astype(float))
+    ok &= trials["train_flops"].notna()
+    df = trials[ok].reset_index(drop=True)
+    if df.empty:
+        return pd.DataFrame()
+    for col in ("params_non_embedding", "params_unrolled", "tokens"):  # absent in imports
+        if col not in df:
+            df[col] = math.nan
+    if "trial_id" not in df:
+        df["trial_id"] = [f"row{i}" for i in range(len(df))]
+    df["_size"] = df["size_index"].fillna(-1).astype(int) if "size_index" in df else -1
+    keys = [by, "budget_target", "_size"]
+    sel = df["selected"].fillna(False).astype(bool) if "selected" in df else None
+    rows = []
+    for key, g in df.groupby(keys, sort=True):
+        mask = sel.loc[g.index].to_numpy() if sel is not None else None
+        picked = g[mask] if mask is not None and mask.any() else None
+        if picked is None:  # no selection stored: the best by validation (never by test)
+            picked = g.loc[[g["final_val_loss"].astype(float).idxmin()]]
+        ls = picked[loss].astype(float).to_numpy()
+        rows.append(dict(group=key[0], budget=float(key[1]), size=int(key[2]),
+                         C=_mean(picked, "train_flops"), N=_mean(picked, "params_non_embedding"),
+                         N_unrolled=_mean(picked, "params_unrolled"), D=_mean(picked, "tokens"),
+                         R=len(ls), mean=float(ls.mean()), losses=ls,
+                         trials=list(picked["trial_id"])))
+    return pd.DataFrame(rows)
+
+
+def _mean(df: pd.DataFrame, col: str) -> float:
+    """A column's mean; NULLs (pd.NA) are unknown: nan."""
+    return float(pd.to_numeric(df[col], errors="coerce").astype(float).mean())
+
+
+class Residuals:
+    """The bootstrap's noise model: each group's pooled within-cell replicate residuals."""
+
+    def __init__(self, table: pd.DataFrame):
+        self.pool: dict[Any, np.ndarray] = {}
+        for name, g in table.groupby("group"):
+            rs = [(ls - ls.mean()) * math.sqrt(len(ls) / (len(ls) - 1))
+                  for ls in g["losses"] if len(ls) > 1]
+            if rs:
+                self.pool[name] = np.concatenate(rs)
+        everything = [r for r in self.pool.values()]
+        self.shared = np.concatenate(everything) if everything else np.empty(0)
+
+    @property
+    def usable(self) -> bool:
+        return self.shared.size > 0
+
+    def draw(self, table: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
+        """Cell means of one bootstrap draw: mean + the mean of R drawn residuals."""
+        out = np.empty(len(table))
+        for i, (name, mean, R) in enumerate(zip(table["group"], table["mean"], table["R"],
+                                                strict=True)):
+            pool = self.pool.get(name, self.shared)
+            out[i] = mean + pool[rng.integers(0, pool.size, R)].mean()
+        return out
+
+
+# ----------------------------------------------------------------------------- one pass
+
+
+@dataclass
+class Pass:
+    """Everything one pass of the pipeline computes from one set of cell means."""
+
+    frontier: dict[Any, vp.PowerLaw | str] = field(default_factory=dict)
+    points: dict[Any, np.ndarray] = field(default_factory=dict)  # cell rows, by budget
+    isoflop: dict[Any, list[dict]] = field(default_factory=dict)
+    optimal: dict[Any, tuple[float, float] | str] = field(default_factory=dict)
+    nd: dict[Any, vp.PowerLawND | str] = field(default_factory=dict)
+    backtest: dict[Any, dict | str] = field(default_factory=dict)
+
+
+class Layout:
+    """The cells' structure, built once: per group its rows by budget (sizes within)."""
+
+    def __init__(self, table: pd.DataFrame):
+        self.C, self.N, self.D = (table[k].to_numpy(float) for k in ("C", "N", "D"))
+        self.R, self.budget = table["R"].to_numpy(float), table["budget"].to_numpy(float)
+        self.rows: dict[Any, list[np.ndarray]] = {}
+        for name, g in table.groupby("group", sort=False):
+            self.rows[name] = [np.sort(b.index.to_numpy()) for _, b in g.groupby("budget")]
+
+    def frontier_points(self, name, means: np.ndarray) -> np.ndarray:
+        """Rows of the best size (lowest mean) per budget, by budget."""
+        return np.array([r[np.argmin(means[r])] for r in self.rows[name]])
+
+
+def _fit_frontier(lay: Layout, rows: np.ndarray, means: np.ndarray,
+                  E: float | None) -> vp.PowerLaw | str:
+    need = NEED["frontier"] if E is None else NEED["frontier_fixed_E"]
+    if len(rows) < need:
+        return (f"{len(rows)} budget(s); L(C) = E + A·C^-alpha needs >= {need} "
+                f"(its parameters + 2)")
+    return vp.power_law(lay.C[rows], means[rows], lay.R[rows], E=E)
+
+
+def _isoflop(lay: Layout, name, means: np.ndarray) -> list[dict]:
+    """Per budget: the parabola in log N through the sizes' means, its optimum and flags."""
+    out = []
+    for r in lay.rows[name]:
+        entry: dict[str, Any] = dict(budget=float(lay.budget[r[0]]), n_sizes=len(r),
+                                     C=float(lay.C[r].mean()))
+        if not np.isfinite(lay.N[r]).all():
+            entry["refused"] = "no parameter counts to place the sizes"
+        elif len(r) < NEED["parabola"]:
+            entry["refused"] = (f"{len(r)} size(s); a parabola needs >= {NEED['parabola']} "
+                                f"(its parameters + 2)")
+        else:
+            p = vp.parabola(np.log(lay.N[r]), means[r], lay.R[r])
+            entry |= dict(params_opt=math.exp(p.x_opt) if p.convex else math.nan,
+                          loss_opt=float(p.predict(p.x_opt)) if p.convex else math.nan,
+                          edge=p.edge, coef=list(p.coef))
+        out.append(entry)
+    return out
+
+
+def _optimal_size(iso: list[dict]) -> tuple[float, float] | str:
+    """N*(C) = k C^a through the budgets whose optimum is inside the grid: (k, a)."""
+    fitted = [e for e in iso if "refused" not in e]
+    inside = [e for e in fitted if not e["edge"]]
+    if not fitted:
+        return "no budget has an IsoFLOP parabola to take N* from"
+    if len(inside) < NEED["optimal_size"]:
+        return (f"{len(inside)} budget(s) with an optimum inside the size grid; N*(C) = k·C^a "
+                f"needs >= {NEED['optimal_size']}")
+    x = np.log([e["C"] for e in inside])
+    y = np.log([e["params_opt"] for e in inside])
+    a, logk = np.polyfit(x, y, 1)
+    return float(math.exp(logk)), float(a)
+
+
+def _nd(lay: Layout, name, means: np.ndarray) -> vp.PowerLawND | str:
+    r = np.concatenate(lay.rows[name])
+    if not (np.isfinite(lay.N[r]).all() and np.isfinite(lay.D[r]).all()):
+        return "no parameter or token counts for L(N, D)"
+    n_sizes = np.unique(lay.N[r]).size
+    if len(r) < NEED["nd"] or n_sizes < 2 or np.unique(lay.D[r]).size < 2:
+        return (f"{len(r)} cell(s) with {n_sizes} size(s); L(N, D) has 5 parameters and "
+                f"needs >= {NEED['nd']} cells where both N and D vary")
+    return vp.power_law_nd(lay.N[r], lay.D[r], means[r], lay.R[r])
+
+
+def _held_out(lay: Layout, rows: np.ndarray, law: vp.PowerLaw, means: np.ndarray) -> dict:
+    held = rows[-1]
+    return dict(budget=float(lay.budget[held]), C=float(lay.C[held]),
+                predicted=float(law.predict(lay.C[held])), observed=float(means[held]))
+
+
+def _backtest(lay: Layout, rows: np.ndarray, means: np.ndarray, E: float | None) -> dict | str:
+    """Fit the frontier on all but the largest budget, predict it."""
+    law = _fit_frontier(lay, rows[:-1], means, E)
+    if isinstance(law, str):
+        return f"held out the largest budget, leaving {law}"
+    return _held_out(lay, rows, law, means)
+
+
+def run_pass(lay: Layout, means: np.ndarray, *, E: float | None, shared: bool,
+             nd: bool = True) -> Pass:
+    """The pipeline on one set of cell means: frontier, IsoFLOP, N*(C), L(N, D), backtest."""
+    out = Pass()
+    for name in lay.rows:
+        rows = out.points[name] = lay.frontier_points(name, means)
+        out.isoflop[name] = _isoflop(lay, name, means)
+        out.optimal[name] = _optimal_size(out.isoflop[name])
+        if nd:
+            out.nd[name] = _nd(lay, name, means)
+        if not shared:
+            out.frontier[name] = _fit_frontier(lay, rows, means, E)
+            out.backtest[name] = _backtest(lay, rows, means, E)
+    if shared:
+        _shared_frontiers(lay, out, means)
+    return out
+
+
+def _shared_fit(lay: Layout, rows: dict, means: np.ndarray) -> dict:
+    laws, _ = vp.shared_E([(lay.C[r], means[r], lay.R[r]) for r in rows.values()])
+    return dict(zip(rows, laws, strict=True))
+
+
+def _shared_frontiers(lay: Layout, out: Pass, means: np.ndarray) -> None:
+    """One E for every group whose frontier has enough budgets; the rest are refused."""
+    need = NEED["frontier_fixed_E"]
+    fit = {n: r for n, r in out.points.items() if len(r) >= need}
+    for n, r in out.points.items():
+        if n not in fit:
+            out.frontier[n] = _fit_frontier(lay, r, means, 0.0)  # the refusal message
+            out.backtest[n] = "too few budgets for a frontier"
+    if not fit:
+        return
+    out.frontier |= _shared_fit(lay, fit, means)
+    for n, r in fit.items():
+        if len(r) - 1 < need:
+            out.backtest[n] = (f"held out the largest budget, leaving {len(r) - 1}; a shared-E "
+                               f"frontier needs >= {need}")
+            continue
+        law = _shared_fit(lay, fit | {n: r[:-1]}, means)[n]
+        out.backtest[n] = _held_out(lay, r, law, means)
+
+
+# ----------------------------------------------------------------------------- multipliers
+
+
+def _multiplier(x: vp.PowerLaw, y: vp.PowerLaw, loss: np.ndarray) -> np.ndarray:
+    """C_X(loss) / C_Y(loss): how many times Y's compute X needs to reach `loss`."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return np.asarray(x.compute_for_loss(loss), float) / np.asarray(
+            y.compute_for_loss(loss), float)
+
+
+def _loss_range(lx: np.ndarray, ly: np.ndarray) -> tuple[float, float] | None:
+    """The losses both groups' frontiers reached (nats/token)."""
+    lo, hi = max(lx.min(), ly.min()), min(lx.max(), ly.max())
+    return (float(lo), float(hi)) if lo < hi else None
+
+
+# ----------------------------------------------------------------------------- the study
+
+
+def _ci(samples) -> list[float] | None:
+    """95% percentile interval of bootstrap samples (nan dropped; None with fewer than 10;
+    inf, a target out of reach in a draw, sorts to the ends as it should)."""
+    s = np.asarray(samples, float)
+    s = s[~np.isnan(s)]
+    if s.size < 10:
+        return None
+    lo, hi = np.quantile(s, [(1 - LEVEL) / 2, (1 + LEVEL) / 2], method="inverted_cdf")
+    return [float(lo), float(hi)]
+
+
+@dataclass
+class GroupStudy:
+    """One group's three views and its backtest (dicts as `to_dict` prints them)."""
+
+    frontier: dict
+    isoflop: list[dict]
+    optimal_size: dict
+    nd: dict
+    backtest: dict
+    n_trials: int
+    n_cells: int
+    # (n_draws, 3): (E, A, alpha) of each bootstrap refit of the frontier (for bands); not
+    # part of to_dict
+    frontier_draws: np.ndarray | None = None
+
+
+@dataclass
+class Study:
+    """The analysis of one results file (see the module docstring)."""
+
+    loss: str  # "test" or "val"
+    by: str
+    baseline: str | None
+    groups: dict[str, GroupStudy]
+    multipliers: list[dict]  # the curve: {group, baseline, loss, multiplier, ci}
+    summary: list[dict]  # one per comparison: at the largest common budget
+    conclusion: list[str]
+    bootstrap: dict  # n, what it resamples, seed, why refused
+
+    def to_dict(self) -> dict:
+        """JSON-ready: every number finite or None."""
+        return jsonable(dict(loss=self.loss, by=self.by, baseline=self.baseline,
+                             bootstrap=self.bootstrap,
+                             groups={k: {f: x for f, x in vars(v).items()
+                                         if f != "frontier_draws"}
+                                     for k, v in self.groups.items()},
+                             multipliers=self.multipliers, summary=self.summary,
+                             conclusion=self.conclusion))
+
+
+def analyse(trials: pd.DataFrame, *, by: str = "group", loss: str = "final_test_loss",
+            baseline: str | None = None, bootstrap: int = 200, seed: int = 0,
+            E: float | None = None, shared_E: bool = False, n_curve: int = 12) -> Study:
+    """Analyse a study's trials (a load_results frame with `by` and `loss` columns).
+    `baseline`: the group every other is compared with (default: the first). `E`: a stated
+    loss floor for every frontier; `shared_E`: one fitted floor for all groups. Bootstrap
+    draws redraw replicates (module docstring); 0 turns intervals off."""
+    table = cells(trials, by, loss)
+    split = "test" if loss == "final_test_loss" else "val"
+    if table.empty:
+        return Study(split, by, baseline, {}, [], [], ["no complete trials to analyse"],
+                     dict(n=0, refused="no complete trials"))
+    names = _ordered(table["group"])
+    if baseline is not None and baseline not in names:
+        raise ValueError(f"--baseline {baseline!r}: no such group (groups: "
+                         f"{', '.join(map(str, names))})")
+    baseline = baseline if baseline is not None else names[0]
+    lay = Layout(table)
+    means = table["mean"].to_numpy(float)
+    point = run_pass(lay, means, E=E, shared=shared_E)
+    noise = Residuals(table)
+    boot: dict[str, Any] = dict(n=0, seed=seed, level=LEVEL, resamples=(
+        "replicates: each cell's R losses redrawn as its mean plus R residuals drawn from its "
+        "group's pooled within-cell residuals; the whole pipeline refitted per draw"))
+    draws: list[Pass] = []
+    if bootstrap > 0 and noise.usable:
+        rng = np.random.default_rng(seed)
+        for i in range(bootstrap):
+            draws.append(run_pass(lay, noise.draw(table, rng), E=E, shared=shared_E,
+                                  nd=i < ND_DRAWS))
+        boot["n"] = bootstrap
+    elif bootstrap > 0:
+        boot["refused"] = ("no cell has 2 or more replicates (search.replicates): there is "
+                           "nothing honest to resample, so no intervals")
+    groups = {n: _group_study(n, table, trials, by, point, draws) for n in names}
+    curve, summary, conclusion = _compare(lay, names, baseline, means, point, draws,
+                                          n_curve, boot)
+    return Study(split, by, baseline, groups, curve, summary, conclusion, boot)
+
+
+def _ordered(groups: pd.Series) -> list:
+    """Group names in a stable order: families as plain, looped, spiral; others sorted."""
+    names = sorted(set(groups), key=str)
+    if set(names) <= set(FAMILY_ORDER):
+        return [f for f in FAMILY_ORDER if f in names]
+    return names
+
+
+FAMILY_ORDER = ("plain", "looped", "spiral")
+
+
+def _law_dict(law: vp.PowerLaw | str, samples: list) -> dict:
+    if isinstance(law, str):
+        return dict(refused=law)
+    ok = [s for s in samples if not isinstance(s, str)]
+    ci = {k: _ci([getattr(s, k) for s in ok]) for k in ("E", "A", "alpha")} if ok else {}
+    return dict(E=law.E, A=law.A, alpha=law.alpha, n_points=law.n_points,
+                at_bound=law.at_bound, E_fixed=law.E_fixed, ci=ci,
+                refits_at_bound=sum(bool(s.at_bound) for s in ok),
+                refits_refused=len(samples) - len(ok))
+
+
+def _group_study(name, table: pd.DataFrame, trials: pd.DataFrame, by: str, point: Pass,
+                 draws: list[Pass]) -> GroupStudy:
+    pts = table.loc[point.points[name]]
+    frontier = _law_dict(point.frontier[name], [d.frontier[name] for d in draws])
+    frontier["points"] = [dict(budget=r.budget, C=r.C, loss=r.mean, N=r.N, D=r.D, R=r.R,
+                               size=None if r.size < 0 else r.size, trials=r.trials,
+                               losses=list(r.losses)) for r in pts.itertuples()]
+    iso = []
+    for i, e in enumerate(point.isoflop[name]):
+        e = dict(e)
+        here = table[(table["group"] == name) & (table["budget"] == e["budget"])]
+        e["points"] = [dict(N=r.N, N_unrolled=r.N_unrolled, D=r.D, C=r.C, loss=r.mean, R=r.R,
+                            size=None if r.size < 0 else r.size, losses=list(r.losses),
+                            trials=r.trials) for r in here.sort_values("N").itertuples()]
+        if "refused" not in e:
+            e["ci"] = {k: _ci([d.isoflop[name][i].get(k, math.nan) for d in draws])
+                       for k in ("params_opt", "loss_opt")}
+        iso.append(e)
+    opt = point.optimal[name]
+    if isinstance(opt, str):
+        optimal = dict(refused=opt)
+    else:
+        a = [d.optimal[name][1] for d in draws if not isinstance(d.optimal[name], str)]
+        optimal = dict(k=opt[0], a=opt[1], ci={"a": _ci(a)})
+    nd = point.nd[name]
+    if isinstance(nd, str):
+        nd_d = dict(refused=nd)
+    else:
+        ok = [d.nd[name] for d in draws if d.nd and not isinstance(d.nd[name], str)]
+        nd_d = dict(E=nd.E, A=nd.A, alpha=nd.alpha, B=nd.B, beta=nd.beta,
+                    at_bound=nd.at_bound, n_points=nd.n_points, n_draws=len(ok),
+                    ci={k: _ci([getattr(s, k) for s in ok])
+                        for k in ("E", "A", "alpha", "B", "beta")})
+    bt = point.backtest.get(name, "not run")
+    if isinstance(bt, str):
+        bt_d = dict(refused=bt)
+    else:
+        pred = [d.backtest[name]["predicted"] for d in draws
+                if not isinstance(d.backtest.get(name, ""), str)]
+        ci = _ci(pred)
+        bt_d = bt | dict(rel_error=abs(bt["predicted"] - bt["observed"]) / bt["observed"],
+                         ci=ci, inside=None if ci is None else ci[0] <= bt["observed"] <= ci[1])
+    n_trials = int((trials[by] == name).sum()) if by in trials else 0
+    laws = [d.frontier[name] for d in draws if not isinstance(d.frontier[name], str)]
+    samples = np.array([(f.E, f.A, f.alpha) for f in laws]) if laws else None
+    return GroupStudy(frontier, iso, optimal, nd_d, bt_d, n_trials,
+                      int((table["group"] == name).sum()), samples)
+
+
+def _compare(lay: Layout, names: list, baseline, means: np.ndarray, point: Pass,
+             draws: list[Pass], n_curve: int,
+             boot: dict) -> tuple[list[dict], list[dict], list[str]]:
+    curve, summary, conclusion = [], [], []
+    y = point.frontier.get(baseline)
+    for name in names:
+        if name == baseline:
+            continue
+        x = point.frontier[name]
+        if isinstance(x, str) or isinstance(y, str):
+            why = x if isinstance(x, str) else f"{baseline}: {y}"
+            summary.append(dict(group=name, baseline=baseline, refused=why))
+            conclusion.append(f"{name} vs {baseline}: not compared ({why})")
+            continue
+        px, py = point.points[name], point.points[baseline]
+        ok = [d for d in draws if not isinstance(d.frontier[name], str)
+              and not isinstance(d.frontier[baseline], str)]
+        rng_l = _loss_range(means[px], means[py])
+        if rng_l is not None:
+            grid = np.linspace(*rng_l, n_curve)
+            m = _multiplier(x, y, grid)
+            bands = np.array([_multiplier(d.frontier[name], d.frontier[baseline], grid)
+                              for d in ok]) if ok else np.empty((0, n_curve))
+            for j, ell in enumerate(grid):
+                curve.append(dict(group=name, baseline=baseline, loss=float(ell),
+                                  multiplier=float(m[j]),
+                                  ci=_ci(bands[:, j]) if len(bands) else None))
+        common = set(lay.budget[px]) & set(lay.budget[py])
+        c_star = max(common) if common else float(lay.budget[py].max())
+        C = float(lay.C[py][lay.budget[py] == c_star][0])
+        target = float(y.predict(C))
+        mult = float(_multiplier(x, y, target))
+        samples = [float(_multiplier(d.frontier[name], d.frontier[baseline],
+                                     d.frontier[baseline].predict(C))) for d in ok]
+        ci = _ci(samples)
+        summary.append(dict(group=name, baseline=baseline, budget=c_star, C=C, loss=target,
+                            multiplier=mult, ci=ci))
+        conclusion.append(_sentence(name, baseline, C, mult, ci, boot))
+    return curve, summary, conclusion
+
+
+def _sentence(name, baseline, C: float, mult: float, ci: list[float] | None,
+              boot: dict) -> str:
+    """One comparison in numbers, or why it is not a conclusion."""
+    at = f"{baseline}'s loss at {C:.3g} FLOPs"
+    if ci is None:
+        why = boot.get("refused", "too few bootstrap draws gave a multiplier")
+        return (f"inconclusive: {name} reaches {at} with {mult:.3g}x the compute, but with "
+                f"no interval ({why})")
+    rng = f"{mult:.3g}x [{ci[0]:.3g}, {ci[1]:.3g}]"
+    if ci[0] <= 1 <= ci[1]:
+        return f"inconclusive: {name} reaches {at} with {rng} of the compute; the interval " \
+               f"contains 1"
+    return f"{name} reaches {at} with {rng} of the compute"

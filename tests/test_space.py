@@ -1,11 +1,13 @@
 """Search spaces: validation messages, groups, optuna spaces, resolve, samplers, budgets."""
 
+import math
 from pathlib import Path
 
 import optuna
 import pytest
 
 from spiralsearch.config import Budget, TrialConfig
+from spiralsearch.model.spec import parse_spec
 from spiralsearch.search.candidates import check_candidates
 from spiralsearch.search.samplers import make_sampler
 from spiralsearch.search.space import (
@@ -257,17 +259,28 @@ def test_make_sampler(space):
             "{loguniform: [3.0e-4, 3.0e-3]}", "1.0e-3")))
 
 
-@pytest.mark.parametrize("name", ["quickstart", "paper-160m", "recurrence-ratio"])
+@pytest.mark.parametrize("name", ["quickstart", "paper-160m", "recurrence-ratio",
+                                  "spiral-isoflop", "spiral-isoflop-mini"])
 def test_shipped_spaces(name):
     space = load_space(SPACES / f"{name}.yaml")
     assert space.name == name
     rows = check_candidates(space)
     assert rows and all(b["status"] == "ok" for r in rows for b in r["budgets"])
-    if name == "quickstart":
+    if name == "quickstart":  # small numbers, but the size axis and replicates
         assert space.families() == ["plain", "looped", "spiral"]
-        assert len(space.budgets) >= 3 and space.resources.cpu == 1
-        assert 9 <= sum(g.n_samples(space) for g in space.groups()) <= 24
-        assert {r["params_non_embedding"] // 10000 for r in rows} == {20}  # equal stored
+        assert len(space.budgets) >= 6 and space.resources.cpu == 1  # a frontier fit needs 5
+        assert space.sizes.count == 2 and space.search.replicates == 2
+        assert len(space.groups()) * space.search.replicates <= 72
+    if name.startswith("spiral-isoflop"):  # the issue's study design
+        assert space.families() == ["plain", "looped", "spiral"]
+        assert space.model["topology"] == "mesh" and space.data["source"] == "corpus:prose"
+        decades = math.log10(space.budgets[-1].value / space.budgets[0].value)
+        assert len(space.budgets) >= 5 and decades >= (1.5 if name == "spiral-isoflop" else 1)
+        assert space.sizes.count >= 5  # an IsoFLOP parabola needs 5
+        assert space.search.replicates >= (3 if name == "spiral-isoflop" else 2)
+    # equal stored layers: every spec of a shipped comparison stores as many
+    if name != "paper-160m":
+        assert len({parse_spec(r["spec"]).n_stored for r in rows}) == 1
 
 
 def test_check_candidates_reports_and_refuses(space):

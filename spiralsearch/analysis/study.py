@@ -18,6 +18,11 @@ sqrt(R / (R - 1)), so their spread is the unbiased within-cell one), then reruns
 pipeline (best size per budget included). Without replicates there is nothing honest to
 resample, and intervals are refused with that reason. Percentile intervals, 95%.
 
+**Known bias.** With an asymmetric loss surface (alpha != beta in L(N, D)) a parabola's vertex
+sits a constant factor off the true optimum: N*(C)'s exponent survives, its intercept and
+extrapolations do not (Open-Athena, "Problems with Chinchilla Approach 2"). `ISOFLOP_BIAS`
+says so wherever optima are printed.
+
 **Refusals.** A fit needs at least (its parameters + 2) distinct points, or it is refused with
 the reason: L(C) 5 budgets (4 with E fixed), a parabola 5 sizes, N*(C) = k C^a 4 budgets
 with the optimum inside the grid, L(N, D) 7 cells. The backtest holds out the largest budget
@@ -37,6 +42,8 @@ from spiralsearch.analysis import vp
 from spiralsearch.analysis.fitting import jsonable
 
 LEVEL = 0.95
+ISOFLOP_BIAS = ("with an asymmetric loss surface the parabola's vertex is off the true "
+                "optimum by a constant factor: trust N*(C)'s exponent more than its intercept")
 NEED = {"frontier": 5, "frontier_fixed_E": 4, "parabola": 5, "optimal_size": 4, "nd": 7}
 ND_DRAWS = 40  # L(N, D) refits per bootstrap (each ~50 ms); its intervals say so
 
@@ -160,12 +167,25 @@ def _isoflop(lay: Layout, name, means: np.ndarray) -> list[dict]:
             entry["refused"] = (f"{len(r)} size(s); a parabola needs >= {NEED['parabola']} "
                                 f"(its parameters + 2)")
         else:
-            p = vp.parabola(np.log(lay.N[r]), means[r], lay.R[r])
+            x = np.log(lay.N[r])
+            p = vp.parabola(x, means[r], lay.R[r])
             entry |= dict(params_opt=math.exp(p.x_opt) if p.convex else math.nan,
                           loss_opt=float(p.predict(p.x_opt)) if p.convex else math.nan,
                           edge=p.edge, coef=list(p.coef))
+            if p.edge:
+                entry["advice"] = _recentre(x, means[r], p)
         out.append(entry)
     return out
+
+
+def _recentre(x: np.ndarray, loss: np.ndarray, p: vp.Parabola) -> str:
+    """How to move the next grid so this budget's optimum lands inside it."""
+    lower = x[np.argmin(loss)] <= x.min() if not p.convex else p.x_opt < p.x_min
+    where = "smaller" if lower else "larger"
+    knob = "raise" if lower else "lower"
+    by = f" by ~{math.exp(abs(p.x_opt - x.mean())):.2g}x" if p.convex else ""
+    return (f"the optimum lies past the {where} sizes: centre the next grid on {where} "
+            f"models{by} ({knob} sizes.tokens_per_param)")
 
 
 def _optimal_size(iso: list[dict]) -> tuple[float, float] | str:

@@ -69,8 +69,15 @@ def _tables(st, db) -> None:
     iso = [[str(n), si(e["budget"]), str(e["n_sizes"]), *_optimum(e)]
            for n, g in st.groups.items() for e in g.isoflop if "refused" not in e]
     if iso:
+        from spiralsearch.analysis.study import ISOFLOP_BIAS
+
         print_table("IsoFLOP optima (parabola in log N per budget)",
                     ["group", "budget", "sizes", "N* (non-emb)", "L*", "optimum"], iso)
+        print(f"note: {ISOFLOP_BIAS}")
+        for n, g in st.groups.items():
+            for e in g.isoflop:
+                if e.get("advice"):
+                    print(f"{n} at {si(e['budget'])} FLOPs: {e['advice']}")
     for name, g in st.groups.items():
         o = g.optimal_size
         if "a" in o:

@@ -3,7 +3,8 @@
 The public API, loaded on first use (so `spiralsearch --help` and the store do not pay for
 torch): the model generator (`parse_spec`, `ModelConfig`, `build_model`), counting
 (`describe`), one trial's config (`TrialConfig`), training (`train`), results (`load`,
-`query`) and scaling-law fits (`fit_power_law`, `fit_nd`, `frontier`, `compare`, `backtest`).
+`query`), re-training a stored trial exactly (`rerun`) and scaling-law fits
+(`fit_power_law`, `fit_nd`, `frontier`, `compare`, `backtest`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ _API = {
     "TrialConfig": "spiralsearch.config", "Budget": "spiralsearch.config",
     "train": "spiralsearch.training.loop",
     "load": "spiralsearch.store", "query": "spiralsearch.store",
+    "rerun": "spiralsearch.search.rerun",
     "fit_power_law": "spiralsearch.analysis.scaling", "frontier": "spiralsearch.analysis.scaling",
     "compare": "spiralsearch.analysis.scaling", "backtest": "spiralsearch.analysis.scaling",
     "fit_nd": "spiralsearch.analysis.scaling_nd",
@@ -51,5 +53,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs; nothing is imported at run time
     from spiralsearch.model.counting import count_params, describe
     from spiralsearch.model.spec import Iteration, Spec, SpecError, parse_spec
     from spiralsearch.model.transformer import build_model
+    from spiralsearch.search.rerun import rerun
     from spiralsearch.store import load, query
     from spiralsearch.training.loop import train

@@ -476,6 +476,13 @@ class ResultsStore:
         """trial_id -> status for every trial of `sweep`."""
         return dict(self._read("SELECT trial_id, status FROM trials WHERE sweep = ?", [sweep]))
 
+    def trial_selection(self, sweep: str) -> dict[str, tuple[str, bool | None]]:
+        """trial_id -> (status, selected) for every trial of `sweep` (selected is None for
+        rows from before replicates): what checkpoint pruning decides by."""
+        rows = self._read("SELECT trial_id, status, selected FROM trials WHERE sweep = ?",
+                          [sweep])
+        return {tid: (status, selected) for tid, status, selected in rows}
+
 
 def _ensure_columns(con: duckdb.DuckDBPyConnection,
                     rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:

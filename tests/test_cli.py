@@ -134,10 +134,10 @@ def test_query_and_trials(db, capsys):
     assert "spiral" in capsys.readouterr().out
     assert main(["query", sql, "--db", str(db), "--format", "csv"]) == 0
     assert csv_rows(capsys.readouterr().out) == [
-        {"family": "plain", "n": "5"}, {"family": "spiral", "n": "4"}]
+        {"family": "plain", "n": "7"}, {"family": "spiral", "n": "6"}]
     assert main(["trials", "--db", str(db), "--format", "json"]) == 0
     trials = json.loads(capsys.readouterr().out)
-    assert len(trials) == 9 and {t["status"] for t in trials} == {"complete", "failed"}
+    assert len(trials) == 13 and {t["status"] for t in trials} == {"complete", "failed"}
 
 
 def test_readers_default_to_the_newest_results_file(db, tmp_path, monkeypatch, capsys):
@@ -145,7 +145,7 @@ def test_readers_default_to_the_newest_results_file(db, tmp_path, monkeypatch, c
     db.rename(tmp_path / "results" / "cli.duckdb")
     monkeypatch.chdir(tmp_path)
     assert main(["query", "SELECT count(*) AS n FROM trials", "--format", "json"]) == 0
-    assert json.loads(capsys.readouterr().out) == [{"n": 9}]
+    assert json.loads(capsys.readouterr().out) == [{"n": 13}]
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """The `spiralsearch` command line: one grammar for every command.
 
-Each command lives in its own module (describe, train, data, sweep, results, fit, report,
-probe) with its `add_parser(subparsers)` and its handler side by side; each handler is a
+Each command lives in its own module (describe, train, data, sweep, rerun, results, fit,
+report, probe) with its `add_parser(subparsers)` and its handler side by side; each handler is a
 thin layer over a library call and returns the exit code. This module holds what they
 share: the argparse `Parser` with one-line errors, the common options (`--format`, `--db`,
 the model and config flags), the output formatter, and the one error path of `main`.
@@ -29,7 +29,7 @@ EPILOG = """\
 exit codes:
   0    success
   1    a run failed: train ended not complete; a sweep with a failed trial, or with no
-       complete trial at the end
+       complete trial at the end; a rerun that does not reproduce the store
   2    bad input: a bad spec, preset, flag, YAML key, budget, data source or SQL
   3    busy: the results file stayed locked (another process writing)
   130  interrupted (Ctrl-C)
@@ -37,7 +37,8 @@ exit codes:
 Errors print one line to stderr; SPIRALSEARCH_DEBUG=1 shows the traceback instead."""
 
 # one module per command group, each with add_parser(subparsers); order = --help order
-COMMANDS = ("describe", "train", "data", "sweep", "results", "fit", "report", "probe")
+COMMANDS = ("describe", "train", "data", "sweep", "rerun", "results", "fit", "report",
+            "probe")
 FORMATS = ("table", "json", "csv")
 
 

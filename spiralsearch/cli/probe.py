@@ -1,4 +1,5 @@
-"""`spiralsearch probe RUN_DIR`: attention probes per loop iteration of a trained run."""
+"""`spiralsearch probe RUN_DIR` (or `--trial TRIAL_ID`): attention probes per loop iteration
+of a trained run."""
 
 from __future__ import annotations
 
@@ -6,15 +7,19 @@ import argparse
 import json
 from pathlib import Path
 
-from spiralsearch.cli import add_format, command, emit, print_frame
+from spiralsearch.cli import add_db, add_format, command, emit, print_frame, resolve_db
 
 
 def add_parser(subparsers) -> None:
     p = command(subparsers, "probe", run, "attention probes per loop iteration of a trained run",
                 "Key-marginal entropy and local attention mass of every loop iteration, core "
-                "layer and head of a `spiralsearch train` run, on fixed held-out sequences; "
+                "layer and head of a `spiralsearch train` run or of a sweep's trial that "
+                "kept its checkpoint (search.keep_checkpoints), on fixed held-out sequences; "
                 "and the dynamic heads. json: {probes: [...], dynamic_heads: {metric: [...]}}.")
-    p.add_argument("run", help="a `spiralsearch train --out` folder")
+    p.add_argument("run", nargs="?", help="a `spiralsearch train --out` folder")
+    p.add_argument("--trial", metavar="TRIAL_ID",
+                   help="probe this sweep trial's kept checkpoint instead (with --db)")
+    add_db(p)
     p.add_argument("--data", help="data source (default: the run's)")
     p.add_argument("--sequences", type=int, default=32, help="held-out sequences")
     p.add_argument("--seq-len", type=int, help="tokens per sequence (default: the run's)")
@@ -40,12 +45,30 @@ def _load_run(run: Path):
     return config, model
 
 
+def _run_dir(args: argparse.Namespace) -> Path:
+    """RUN_DIR, or the checkpoint folder that --trial kept in its results file's runs."""
+    if (args.run is None) == (args.trial is None):
+        raise ValueError("give a RUN_DIR or --trial TRIAL_ID, not both or neither")
+    if args.run is not None:
+        return Path(args.run)
+    from spiralsearch.search.checkpoints import checkpoint_of, checkpoints_dir
+
+    db = resolve_db(args)
+    found = checkpoint_of(db, args.trial)
+    if found is None:
+        raise FileNotFoundError(f"trial {args.trial} has no checkpoint under "
+                                f"{checkpoints_dir(db)} (pruned by search.keep_checkpoints, "
+                                f"or never trained); `spiralsearch rerun {args.trial} --db "
+                                f"{db}` re-trains it")
+    return found
+
+
 def run(args: argparse.Namespace) -> int:
     """Probe the run's model on fixed held-out sequences of its own split and tokenizer."""
     from spiralsearch.analysis.probes import attention_probes, dynamic_heads
     from spiralsearch.training.loop import load_data
 
-    run_dir = Path(args.run)
+    run_dir = _run_dir(args)
     config, model = _load_run(run_dir)
     if args.data:  # another source: its own split, the run's tokenizer settings
         config = config.replace(data=config.data.replace(source=args.data))

@@ -5,7 +5,8 @@ each group gets the same number of shots at each budget (fair frontiers); all gr
 one Tuner, so trial slots never idle. With search.replicates = R > 1, a second phase then
 re-runs each cell's selected point R - 1 times with other seeds (replicates.py). Trial
 workers only report to Ray Tune; the driver's `StoreCallback` is the single writer of the
-results file.
+results file. Last, the checkpoints that search.keep_checkpoints does not keep are deleted
+(checkpoints.py).
 """
 
 
@@ -21,6 +22,7 @@ from pathlib import Path
 from spiralsearch.schema import FINAL_STATUSES, Status
 from spiralsearch.search import replicates
 from spiralsearch.search.candidates import check_candidates
+from spiralsearch.search.checkpoints import checkpoints_dir, prune, runs_dir
 from spiralsearch.search.cluster import _check_cluster, _slots, start_ray, trial_resources
 from spiralsearch.search.recorder import LiveView, StoreCallback
 from spiralsearch.search.resume import KnownTrials, Previous
@@ -188,7 +190,7 @@ def run_sweep(space: SearchSpace | str | Path, *, results: str | Path | None = N
         raise
     store.begin_sweep(space.name, space.yaml_text, git_revision=_git_revision(),
                       versions=_versions())
-    work = path.parent / f"{path.stem}.runs"
+    work = runs_dir(path)
     try:
         with LiveView(space, enabled=progress) as view:
             for tid, r in prev.done.items():
@@ -196,7 +198,7 @@ def run_sweep(space: SearchSpace | str | Path, *, results: str | Path | None = N
             for tid, t in prev.trials.items():
                 if t.replicate and t.status in FINAL_STATUSES:
                     view.update(groups[t.group], tid, t.status, replicate=t.replicate)
-            dirs = dict(checkpoints=work / "checkpoints", storage=work / "ray")
+            dirs = dict(checkpoints=checkpoints_dir(path), storage=work / "ray")
             _run_all(space, store=store, prev=prev, max_concurrent=max_concurrent, view=view,
                      callbacks=callbacks, **dirs)
             # the cells' searches are done: select each one's point from what is stored
@@ -206,6 +208,8 @@ def run_sweep(space: SearchSpace | str | Path, *, results: str | Path | None = N
             _run_replicates(space, replicates.pending(space, groups, searched, selected),
                             store=store, max_concurrent=max_concurrent,
                             view=view, callbacks=callbacks, **dirs)
+        # selection is final only now; an interrupted run prunes nothing (the next one will)
+        prune(store, space)
         status = "complete"
     finally:
         store.end_sweep(space.name, status)

@@ -77,6 +77,9 @@ class SearchSettings(Config):
     replicates: int = opt(1, "runs of each (budget, group)'s selected point: its best "
                           "search trial, then R - 1 re-runs with train.seed + 1 .. + R - 1",
                           check=lambda v: v >= 1, what=">= 1")
+    keep_checkpoints: str = opt("selected", "which trials keep their final checkpoint: "
+                                "selected (the replicates of each cell's selected point), "
+                                "all, or none", choices=("selected", "all", "none"))
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,21 @@
 """The trial, run inside a Ray worker: resolve its config, train it, report every evaluation
 to Ray Tune (docs/design.md §4). A trial's own failure (a refused budget, a divergence, an
-exception) becomes a final report with its status and error, so the sweep goes on.
+exception) becomes a final report with its status and error, so the sweep goes on. Its
+folder (checkpoints and summary.json) stays when it ends; the driver prunes the folders
+that search.keep_checkpoints does not keep once the sweep is done (checkpoints.py).
 """
 
 
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
+from spiralsearch.config import TrialConfig
 from spiralsearch.schema import METRIC_KEYS, SUMMARY_KEYS, Status, pick
 from spiralsearch.search.space import (
     Group,
+    Resources,
     SearchSpace,
     size_target,
     trial_config,
@@ -27,6 +30,17 @@ def objective(metric: str, row: dict, best_val_loss: float) -> float:
     if metric == "best_val_loss":
         return best_val_loss
     return row.get("val_bpb" if metric == "final_val_bpb" else "val_loss", math.nan)
+
+
+def placed(config: TrialConfig, resources: Resources) -> TrialConfig:
+    """The trial as a worker trains it: `train.threads` from resources.cpu (whole cores,
+    at least 1) and an `auto` device from resources.gpu (an explicit device in the space
+    wins). Neither is part of the trial's identity, but the thread count changes how float
+    sums are split, so `rerun` places a stored trial the same way to reproduce it."""
+    run = dict(threads=max(1, int(resources.cpu)))
+    if config.train.device == "auto":
+        run["device"] = "cuda" if resources.gpu > 0 else "cpu"
+    return config.replace(train=config.train.replace(**run))
 
 
 def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dict[str, dict],
@@ -58,12 +72,7 @@ def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dic
     failed = {OBJECTIVE: nan, "val_loss": nan, "final_val_loss": nan, "best_val_loss": nan,
               "final_val_bpb": nan}
     try:
-        # Threads and device follow the trial's resources (not part of its identity); an
-        # explicit device in the space wins.
-        run = dict(threads=max(1, int(space.resources.cpu)))
-        if config.train.device == "auto":
-            run["device"] = "cuda" if space.resources.gpu > 0 else "cpu"
-        cfg = config.replace(train=config.train.replace(**run))
+        cfg = placed(config, space.resources)
         _, plan = prepare(cfg)
     except ValueError as e:  # refused before training (budget, data)
         report(base | failed | dict(status=Status.REJECTED.value, error=str(e)))
@@ -90,5 +99,4 @@ def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dic
     last = result.metrics[-1] if result.metrics else {}
     report(base | pick(last, METRIC_KEYS) | pick(s, SUMMARY_KEYS)
            | {OBJECTIVE: objective(space.search.metric, last, s["best_val_loss"])})
-    if s["status"] == Status.COMPLETE:
-        shutil.rmtree(out, ignore_errors=True)  # the store keeps what matters
+    # `out` stays: selection is only known once the sweep is done (checkpoints.prune)

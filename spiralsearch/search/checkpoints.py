@@ -1,0 +1,82 @@
+"""Trial checkpoints of a sweep (docs/design.md §4): where they live and which ones survive.
+
+A sweep's worker trains each trial into `results/NAME.runs/checkpoints/<trial_id>/`, the
+folder `spiralsearch train --out` would write: `summary.json` and `checkpoints/last.pt`
+(model, optimiser, step, RNG). The worker leaves the folder in place when the trial ends.
+Once the sweep's search and replicate phases are done, `prune` deletes the folders that
+`search.keep_checkpoints` does not keep:
+
+- `selected` (default): the complete runs of each cell's selected point (its replicates,
+  replicate 0 included), which reports and probes look at;
+- `all`: every trial's folder, stopped, failed and diverged ones included;
+- `none`: no finished trial's folder.
+
+A trial without a final status (cut off `running` or `pending`) always keeps its folder,
+because a re-run of the sweep resumes it from there. Resume never needs the others: it
+reads the store, and complete trials are skipped.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from spiralsearch.schema import FINAL_STATUSES, Status
+from spiralsearch.store import ResultsStore
+
+if TYPE_CHECKING:  # the space module imports optuna; pruning needs only two of its fields
+    from spiralsearch.search.space import SearchSpace
+
+KEEP = ("selected", "all", "none")
+
+
+def runs_dir(results: str | Path) -> Path:
+    """The folder beside a results file for what its sweep writes outside the store:
+    `ray/` (Ray Tune's files), `checkpoints/` (one folder per trial) and `rerun/`."""
+    path = Path(results)
+    return path.parent / f"{path.stem}.runs"
+
+
+def checkpoints_dir(results: str | Path) -> Path:
+    """Where a sweep's trial folders live: `NAME.runs/checkpoints/`."""
+    return runs_dir(results) / "checkpoints"
+
+
+def checkpoint_of(results: str | Path, trial_id: str) -> Path | None:
+    """The run folder of a stored trial (summary.json and checkpoints/last.pt, what
+    `spiralsearch probe` reads); None when it has none (pruned, or never trained)."""
+    run = checkpoints_dir(results) / trial_id
+    if (run / "summary.json").is_file() and (run / "checkpoints" / "last.pt").is_file():
+        return run
+    return None
+
+
+def keeps(keep: str, status: str, selected: bool | None) -> bool:
+    """Whether a trial's folder survives pruning under search.keep_checkpoints `keep`."""
+    if status not in FINAL_STATUSES:  # cut off mid-run: a re-run resumes from it
+        return True
+    if keep == "all":
+        return True
+    return keep == "selected" and status == Status.COMPLETE and bool(selected)
+
+
+def prune(store: ResultsStore, space: SearchSpace) -> int:
+    """Delete the checkpoint folders of the sweep's stored trials that
+    `space.search.keep_checkpoints` does not keep; returns how many it deleted. Folders of
+    trials the store does not know are left alone: nothing says what they are."""
+    keep = space.search.keep_checkpoints
+    if keep not in KEEP:
+        raise ValueError(f"search.keep_checkpoints: {keep!r} is not one of {', '.join(KEEP)}")
+    root = checkpoints_dir(store.path)
+    if not root.is_dir():
+        return 0
+    trials = store.trial_selection(space.name)
+    removed = 0
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        state = trials.get(folder.name)
+        if state is None or keeps(keep, *state):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += 1
+    return removed

@@ -102,3 +102,9 @@ def test_cli_probe_scores_the_runs_own_split_and_tokenizer(tmp_path, monkeypatch
     assert torch.equal(seen[0], expected)
     assert not torch.equal(seen[0], next(other.val_batches(4, 32, 1))[0])
     assert int(seen[0].max()) < 300
+
+
+def test_a_plain_model_has_nothing_to_probe():
+    model = build_model(ModelConfig.from_spec("4", d_model=32, n_heads=2, vocab_size=17))
+    with pytest.raises(ValueError, match=r"^probe: spec 4 has no shared core"):
+        attention_probes(model, torch.zeros(1, 8, dtype=torch.long))

@@ -73,6 +73,9 @@ def attention_probes(model: SpiralFormer, sequences: torch.Tensor, *, window: in
     """Probe statistics of every loop iteration, core layer and head, averaged over
     `sequences` (N, L) token ids. Columns: iteration, chunk, offset, positions (L_t),
     layer, head, entropy (nats), entropy_norm, lam. Leaves the model as it found it."""
+    if not len(model.core) or not model.cfg.spec.iterations:
+        raise ValueError(f"probe: spec {model.cfg.spec} has no shared core (a plain model): "
+                         f"the probes are per loop iteration, so there is nothing to probe")
     rec = _Recorder(window)
     attns = [blk.attn for blk in model.core]
     for layer, attn in enumerate(attns):

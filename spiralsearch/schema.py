@@ -86,6 +86,9 @@ class TrialSummary:
     selected: bool | None = opt(None, "true for the search.replicates runs of each cell's "
                                 "selected point (its best complete search trial by "
                                 "search.metric); false for the other trials")
+    imported: bool | None = opt(None, "true for rows imported from a CSV by `spiralsearch "
+                                "import` (published or other-codebase runs); null for "
+                                "trials trained here")
 
 
 METRIC_KEYS = tuple(f.name for f in dataclasses.fields(MetricRow))

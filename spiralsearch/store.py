@@ -214,12 +214,18 @@ def _v5_sizes(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"ALTER TABLE trials ADD COLUMN IF NOT EXISTS {name} {sql}")
 
 
+def _v6_imported(con: duckdb.DuckDBPyConnection) -> None:
+    """External results (`spiralsearch import`): which rows came from a CSV."""
+    con.execute("ALTER TABLE trials ADD COLUMN IF NOT EXISTS imported BOOLEAN")
+
+
 # MIGRATIONS[i] takes a file from schema version i to i + 1, inside the write transaction.
 # To change the schema, change spiralsearch.schema and append a function here that brings
 # older files to it (e.g. `ALTER TABLE ... ADD COLUMN IF NOT EXISTS`); never edit a
 # migration that has shipped. A test holds the migrated columns equal to the schema's.
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
-    _v1_create, _v2_summary_columns, _v3_groups_and_test_split, _v4_replicates, _v5_sizes]
+    _v1_create, _v2_summary_columns, _v3_groups_and_test_split, _v4_replicates, _v5_sizes,
+    _v6_imported]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -48,8 +49,10 @@ def commands() -> list[str]:
 
 @pytest.fixture
 def scratch(tmp_path, monkeypatch):
-    """A folder with results/quickstart.duckdb (a few complete trials), the README's cwd."""
+    """A folder with results/quickstart.duckdb (a few complete trials) and tests/data (the
+    files README commands import), the README's cwd."""
     monkeypatch.chdir(tmp_path)
+    shutil.copytree(README.parent / "tests" / "data", tmp_path / "tests" / "data")
     monkeypatch.setenv("SPIRALSEARCH_CACHE", str(tmp_path / "cache"))
     store = ResultsStore(tmp_path / "results" / "quickstart.duckdb")
     store.begin_sweep("quickstart", "name: quickstart\n")

@@ -47,7 +47,9 @@ def load_results(db: str | Path) -> dict[str, Any]:
     finally:
         con.close()
     if not trials.empty:
-        trials["recurrence_ratio"] = [parse_spec(s).recurrence_ratio for s in trials["spec"]]
+        # imported runs (`spiralsearch import`) have no spec, so no recurrence ratio
+        trials["recurrence_ratio"] = [parse_spec(s).recurrence_ratio if isinstance(s, str)
+                                      else np.nan for s in trials["spec"]]
     return dict(trials=trials, metrics=metrics, sweeps=sweeps)
 
 

@@ -1,10 +1,11 @@
 """The `spiralsearch` command line: one grammar for every command.
 
-Each command lives in its own module (describe, train, data, sweep, rerun, results, fit,
-report, probe) with its `add_parser(subparsers)` and its handler side by side; each handler is a
-thin layer over a library call and returns the exit code. This module holds what they
-share: the argparse `Parser` with one-line errors, the common options (`--format`, `--db`,
-the model and config flags), the output formatter, and the one error path of `main`.
+Each command lives in its own module (describe, train, data, sweep, rerun, results,
+imports (the `import` command), fit, report, probe) with its `add_parser(subparsers)` and
+its handler side by side; each handler is a thin layer over a library call and returns the
+exit code. This module holds what they share: the argparse `Parser` with one-line errors,
+the common options (`--format`, `--db`, the model and config flags), the output formatter,
+and the one error path of `main`.
 
 Building the parser imports no torch, ray, optuna, duckdb, pandas, plotly or fvcore (the
 flags come from torch-free config dataclasses), so `--help` is fast; handlers import what
@@ -37,8 +38,8 @@ exit codes:
 Errors print one line to stderr; SPIRALSEARCH_DEBUG=1 shows the traceback instead."""
 
 # one module per command group, each with add_parser(subparsers); order = --help order
-COMMANDS = ("describe", "train", "data", "sweep", "rerun", "results", "fit", "report",
-            "probe")
+COMMANDS = ("describe", "train", "data", "sweep", "rerun", "results", "imports", "fit",
+            "report", "probe")
 FORMATS = ("table", "json", "csv")
 
 

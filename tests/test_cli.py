@@ -167,7 +167,7 @@ def test_fit_and_report(db, tmp_path, capsys):
     html = tmp_path / "r.html"
     assert main(["report", "--db", str(db), "--out", str(html), "--bootstrap", "0",
                  "--format", "json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"report": str(html.resolve())}
+    assert json.loads(capsys.readouterr().out) == {"report": str(html.resolve()), "static": []}
     assert "Plotly.newPlot" in html.read_text()
 
 

@@ -108,3 +108,17 @@ def test_a_plain_model_has_nothing_to_probe():
     model = build_model(ModelConfig.from_spec("4", d_model=32, n_heads=2, vocab_size=17))
     with pytest.raises(ValueError, match=r"^probe: spec 4 has no shared core"):
         attention_probes(model, torch.zeros(1, 8, dtype=torch.long))
+
+
+def test_uniform_baseline_is_uniform_causal_attention():
+    """The report's baseline: what the probes read when every query spreads evenly over its
+    causal keys (the formulas above), and log L for a uniform key marginal."""
+    from spiralsearch.analysis.probes import uniform_baseline
+
+    L, w = 9, 3
+    p = [sum(1 / (qq + 1) for qq in range(k, L)) / L for k in range(L)]
+    base = uniform_baseline(L, w)
+    assert base["entropy"] == pytest.approx(-sum(x * math.log(x) for x in p))
+    assert base["lam"] == pytest.approx(sum(min(w, qq + 1) / (qq + 1) for qq in range(L)) / L)
+    assert base["entropy_max"] == pytest.approx(math.log(L))
+    assert base["entropy_max"] > base["entropy"]

@@ -15,13 +15,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spiralsearch.analysis.scaling import (
-    PowerLawFit,
-    backtest,
-    best_per_budget,
-    compare,
-    fit_power_law,
-)
 from spiralsearch.analysis.study import Study, analyse
 from spiralsearch.model.spec import parse_spec
 from spiralsearch.store import connect_readonly
@@ -88,13 +81,6 @@ def grouped(df: pd.DataFrame, by: str) -> pd.DataFrame:
     return df
 
 
-def _fit_points(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(compute FLOPs, loss) to fit: best trial per budget, or all with < 3 budgets."""
-    c, loss = df["train_flops"].to_numpy(float), df["loss"].to_numpy(float)
-    idx = best_per_budget(df["budget_target"].to_numpy(float), loss)
-    return (c[idx], loss[idx]) if len(idx) >= 3 else (c, loss)
-
-
 def group_column(trials: pd.DataFrame) -> str:
     """What groups the trials by default: `group_name`, the sweep's comparison groups, when
     any trial has one; else `family` (results files from before comparison groups)."""
@@ -143,41 +129,6 @@ def rows_of(st: Study) -> list[dict[str, Any]]:
                     backtest_note=bt.get("refused"))
         rows.append(row)
     return rows
-
-
-def _fit_groups(trials: pd.DataFrame, by: str | None, bootstrap: int, seed: int,
-                reference: str):
-    """fit_table's rows, and the fits with the points they were made from, per group."""
-    by = by or group_column(trials)
-    df = grouped(_usable(trials), by)
-    rows: list[dict[str, Any]] = []
-    fits: dict[str, tuple[PowerLawFit, np.ndarray, np.ndarray]] = {}
-    for name, g in df.groupby(by, sort=True):
-        c, loss = _fit_points(g)
-        row: dict[str, Any] = dict(group=name, n_trials=len(g), n_points=len(c),
-                                   loss=split_of(loss_column(trials)))
-        try:
-            fit = fit_power_law(c, loss, bootstrap=bootstrap, seed=seed)
-        except ValueError as e:
-            rows.append(row | dict(note=str(e)))
-            continue
-        fits[name] = (fit, c, loss)
-        row |= dict(E=fit.E, A=fit.A, alpha=fit.alpha, ci=fit.ci, converged=fit.converged)
-        try:
-            bt = backtest(c, loss)
-            row |= dict(backtest_rel_error=bt.rel_error, backtest_compute=bt.compute)
-        except ValueError as e:
-            row |= dict(backtest_rel_error=None, backtest_note=str(e))
-        rows.append(row)
-    for row in rows:
-        if row["group"] in fits and reference in fits:
-            fit, c, loss = fits[row["group"]]
-            ref, rc, rl = fits[reference]
-            cmp = compare(ref, fit, compute_a=rc, loss_a=rl, compute_b=c, loss_b=loss,
-                          bootstrap=bootstrap, seed=seed)
-            row |= dict(multiplier=cmp.multiplier, multiplier_ci=cmp.ci,
-                        multiplier_note=cmp.note, target_loss=cmp.target_loss)
-    return rows, fits
 
 
 def _fmt(v: Any, digits: int = 4) -> str:

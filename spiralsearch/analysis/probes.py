@@ -11,13 +11,16 @@ iteration's resolution (L_t chunk latents), averaged over a fixed set of held-ou
 
     df = attention_probes(model, x)            # one row per (iteration, layer, head)
     dynamic_heads(df, "lam")                   # the heads that change most across iterations
+    df, seq_len = probe_run(Path("runs/x"))    # a trained run on its own held-out sequences
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from functools import partial
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -115,3 +118,43 @@ def dynamic_heads(df: pd.DataFrame, metric: str = "entropy_norm", top: float = 0
     wide.insert(0, "range", wide.max(axis=1) - wide.min(axis=1))
     n = max(1, math.ceil(top * len(wide)))
     return wide.sort_values("range", ascending=False).head(n).reset_index()
+
+
+def uniform_baseline(positions: int, window: int = 4) -> dict[str, float]:
+    """What the probes read for uniform causal attention (every query spread evenly over its
+    keys) at `positions` (L_t): `entropy` (nats; below log L_t, since early keys are seen by
+    more queries), `entropy_max` = log L_t (a uniform key marginal) and `lam`."""
+    zeros = torch.zeros(1, 1, positions, 1)
+    h, _, lam = head_stats(zeros, zeros, window)[0, 0].tolist()
+    return dict(entropy=h, entropy_max=math.log(positions), lam=lam)
+
+
+def load_run(run: Path):
+    """(config, model) of a training run folder (`spiralsearch train --out`, or a sweep
+    trial's kept checkpoint folder), from its summary.json and checkpoints/last.pt."""
+    from spiralsearch.config import TrialConfig
+    from spiralsearch.model.transformer import build_model
+
+    summary, ckpt = run / "summary.json", run / "checkpoints" / "last.pt"
+    if not summary.exists() or not ckpt.exists():
+        raise FileNotFoundError(f"{run}: not a training run (needs summary.json and "
+                                f"checkpoints/last.pt from `spiralsearch train --out`)")
+    config = TrialConfig.from_dict(json.loads(summary.read_text())["config"])
+    model = build_model(config.model)
+    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
+    return config, model
+
+
+def probe_run(run: Path, *, sequences: int = 32, seq_len: int | None = None,
+              window: int = 4, data: str | None = None) -> tuple[pd.DataFrame, int]:
+    """attention_probes of a run folder's model on `sequences` fixed held-out sequences of
+    `seq_len` tokens (default: the run's) from the run's own validation split and tokenizer
+    (`data`: another source, same tokenizer settings). Returns (probe rows, seq_len)."""
+    from spiralsearch.training.loop import load_data
+
+    config, model = load_run(run)
+    if data:
+        config = config.replace(data=config.data.replace(source=data))
+    seq_len = seq_len or config.data.seq_len
+    x, _ = next(load_data(config).val_batches(sequences, seq_len, 1))
+    return attention_probes(model, x, window=window), seq_len

@@ -18,6 +18,13 @@ def add_parser(subparsers) -> None:
                 "(search.replicates >= 2; none without). Fits with too few points are refused "
                 "with the reason.")
     add_db(p)
+    add_study_args(p)
+    add_format(p, "csv: one row per group; json: everything (frontier, isoflop, nd, "
+               "multipliers, conclusion)")
+
+
+def add_study_args(p: argparse.ArgumentParser) -> None:
+    """The options of the study analysis, shared by `fit` and `report` (one analysis)."""
     p.add_argument("--by", help="trials column to group by (default: the sweep's comparison "
                    "groups, group_name; family for older results)")
     p.add_argument("--baseline", help="the group the others are compared with (default: "
@@ -29,8 +36,14 @@ def add_parser(subparsers) -> None:
                    help="fix every frontier's loss floor E at this value (nats/token)")
     e.add_argument("--shared-E", action="store_true",
                    help="fit one loss floor E for all groups (same data, same irreducible loss)")
-    add_format(p, "csv: one row per group; json: everything (frontier, isoflop, nd, "
-               "multipliers, conclusion)")
+
+
+def study_kwargs(args: argparse.Namespace) -> dict:
+    """fits.study's keyword arguments from add_study_args' options."""
+    if args.bootstrap < 0:
+        raise ValueError(f"--bootstrap {args.bootstrap}: must be >= 0")
+    return dict(baseline=args.baseline, bootstrap=args.bootstrap, seed=args.seed,
+                E=args.fix_E, shared_E=args.shared_E)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,11 +51,8 @@ def run(args: argparse.Namespace) -> int:
     from spiralsearch.analysis.fits import load_results, rows_of, study
 
     db = resolve_db(args)
-    if args.bootstrap < 0:
-        raise ValueError(f"--bootstrap {args.bootstrap}: must be >= 0")
-    trials = load_results(db)["trials"]
-    st = study(trials, args.by, baseline=args.baseline, bootstrap=args.bootstrap,
-               seed=args.seed, E=args.fix_E, shared_E=args.shared_E)
+    kw = study_kwargs(args)
+    st = study(load_results(db)["trials"], args.by, **kw)
     if args.format == "json":
         emit(args, st.to_dict(), lambda: None)
     else:

@@ -4,7 +4,6 @@ of a trained run."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from spiralsearch.cli import add_db, add_format, command, emit, print_frame, resolve_db
@@ -28,23 +27,6 @@ def add_parser(subparsers) -> None:
     add_format(p, "the per-(iteration, layer, head) probe rows")
 
 
-def _load_run(run: Path):
-    """(config, model) of a training run folder, from its summary and last checkpoint."""
-    import torch
-
-    from spiralsearch.config import TrialConfig
-    from spiralsearch.model.transformer import build_model
-
-    summary, ckpt = run / "summary.json", run / "checkpoints" / "last.pt"
-    if not summary.exists() or not ckpt.exists():
-        raise FileNotFoundError(f"{run}: not a training run (needs summary.json and "
-                                f"checkpoints/last.pt from `spiralsearch train --out`)")
-    config = TrialConfig.from_dict(json.loads(summary.read_text())["config"])
-    model = build_model(config.model)
-    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True)["model"])
-    return config, model
-
-
 def _run_dir(args: argparse.Namespace) -> Path:
     """RUN_DIR, or the checkpoint folder that --trial kept in its results file's runs."""
     if (args.run is None) == (args.trial is None):
@@ -65,17 +47,11 @@ def _run_dir(args: argparse.Namespace) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Probe the run's model on fixed held-out sequences of its own split and tokenizer."""
-    from spiralsearch.analysis.probes import attention_probes, dynamic_heads
-    from spiralsearch.training.loop import load_data
+    from spiralsearch.analysis.probes import dynamic_heads, probe_run
 
     run_dir = _run_dir(args)
-    config, model = _load_run(run_dir)
-    if args.data:  # another source: its own split, the run's tokenizer settings
-        config = config.replace(data=config.data.replace(source=args.data))
-    ds = load_data(config)  # the run's own split and tokenizer
-    seq_len = args.seq_len or config.data.seq_len
-    x, _ = next(ds.val_batches(args.sequences, seq_len, 1))  # fixed held-out sequences
-    df = attention_probes(model, x, window=args.window)
+    df, seq_len = probe_run(run_dir, sequences=args.sequences, seq_len=args.seq_len,
+                            window=args.window, data=args.data)
     dyn = {m: dynamic_heads(df, m, args.top) for m in ("entropy_norm", "lam")}
     # csv is one flat table: the probe rows; json adds the dynamic-head rankings
     value = df if args.format == "csv" else dict(

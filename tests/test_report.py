@@ -96,13 +96,11 @@ def test_missing_db_is_a_usage_error(tmp_path, capsys):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt-get install chromium)")
-def test_report_renders_in_headless_chromium(db, tmp_path):
-    """Load the page in a real browser; the plots must have drawn their SVG traces."""
-    page = build_report(db, tmp_path / "r.html", bootstrap=10)
+def traces_drawn(page_path, tmp_path) -> int:
+    """Load a report in headless Chromium; the number of SVG traces its plots drew. Any
+    console error fails the test."""
     probe = tmp_path / "probe.html"
-    probe.write_text(page.read_text().replace("</body>", """<script>
+    probe.write_text(page_path.read_text().replace("</body>", """<script>
       window.addEventListener('load', () => setTimeout(() => {
         const n = document.querySelectorAll('.plotly-graph-div .main-svg .trace').length;
         document.title = 'TRACES=' + n;
@@ -115,9 +113,17 @@ def test_report_renders_in_headless_chromium(db, tmp_path):
          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
     title = out.stdout.split("<title>")[1].split("</title>")[0]
     assert title.startswith("TRACES="), out.stderr[-2000:]
-    assert int(title.split("=")[1]) >= 9  # 3 families x (trials, frontier, fit) at least
     console = [line for line in out.stderr.splitlines() if "CONSOLE" in line]
     assert not [line for line in console if "Error" in line or "Uncaught" in line], console
+    return int(title.split("=")[1])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(db, tmp_path):
+    """Load the page in a real browser; the plots must have drawn their SVG traces."""
+    page = build_report(db, tmp_path / "r.html", bootstrap=10)
+    assert traces_drawn(page, tmp_path) >= 9  # 3 families x (trials, frontier, fit) at least
 
 
 @pytest.mark.slow
@@ -330,6 +336,14 @@ def test_refused_fits_show_their_points_and_reason(tmp_path):
     assert iso.note == (f"No parabola at {', '.join(f'{b:.3g}' for b in BUDGETS[:4])} FLOPs: "
                         f"3 size(s); a parabola needs >= 5 (its parameters + 2).")
     assert "No intervals: bootstrap turned off (--bootstrap 0)." in r.path.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt-get install chromium)")
+def test_isoflop_report_renders_in_headless_chromium(iso, tmp_path):
+    """Every figure of the IsoFLOP page (bands, error bars, buttons, the line at 1) draws."""
+    _, r = iso
+    assert traces_drawn(r.path, tmp_path) == sum(len(p.fig.data) for p in r.pages)
 
 
 def test_static_export_says_when_it_is_not_available(iso, tmp_path, monkeypatch, capsys):

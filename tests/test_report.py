@@ -319,6 +319,15 @@ def test_one_budget_or_one_size_leaves_those_pages_out(tmp_path):
     assert "Attention probes" not in one_size.path.read_text()  # probes=False
 
 
+def test_one_group_says_there_is_nothing_to_compare(tmp_path):
+    r = make_report(isoflop_file(tmp_path / "o.duckdb", sizes=1,
+                                 groups={"looped": GROUPS["looped"]}),
+                    tmp_path / "o.html", bootstrap=0, probes=False)
+    assert r.study.conclusion == [] and "multiplier curve: one group" in r.left_out
+    head = r.path.read_text().split("<h2>")[0]
+    assert "<div class='conclusion'><p>no comparison: one group (looped)</p></div>" in head
+
+
 def test_refused_fits_show_their_points_and_reason(tmp_path):
     r = make_report(isoflop_file(tmp_path / "f.duckdb", budgets=BUDGETS[:4], sizes=3),
                     tmp_path / "f.html", bootstrap=0, probes=False)

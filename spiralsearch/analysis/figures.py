@@ -408,8 +408,9 @@ def pages(st: Study, df: pd.DataFrame, metrics: pd.DataFrame,
     if len(ratios) > 1:
         out.append(Page("ratio", "Recurrence ratio", ratio_figure(df, colors, ylabel)))
     else:
-        left.append("loss vs recurrence ratio: the ratio never varies" + (
-            f" ({ratios[0]:.3g})" if len(ratios) else ""))
+        left.append(f"loss vs recurrence ratio: the ratio never varies ({ratios[0]:.3g})"
+                    if len(ratios) else "loss vs recurrence ratio: no trial has a spec to "
+                    "take it from (imported runs)")
     ids = {t for g in st.groups.values() for p in g.frontier["points"] for t in p["trials"]}
     if not metrics.empty and metrics["trial_id"].isin(ids).any():
         out.append(Page("curves", "Training curves", curves_figure(st, metrics, colors)))

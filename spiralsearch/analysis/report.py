@@ -133,9 +133,9 @@ border-left:4px solid #1f77b4}.note{color:#555;font-size:.9em}"""
 
 def _header(name, st: Study, sweeps: pd.DataFrame, trials: pd.DataFrame) -> str:
     out = [f"<h1>Sweep {html.escape(str(name))}</h1>"]
-    if st.conclusion:
-        out.append("<div class='conclusion'>" + "".join(
-            f"<p>{html.escape(s)}</p>" for s in st.conclusion) + "</div>")
+    said = st.conclusion or [f"no comparison: one group ({', '.join(map(str, st.groups))})"]
+    out.append("<div class='conclusion'>" + "".join(
+        f"<p>{html.escape(s)}</p>" for s in said) + "</div>")
     boot = st.bootstrap
     why = (f"Intervals ({LEVEL:.0%}) come from {boot['n']} bootstrap draws (seed "
            f"{boot.get('seed')}) over {boot['resamples']}."

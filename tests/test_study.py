@@ -203,6 +203,20 @@ def test_the_conclusion_states_the_multiplier_or_inconclusive():
         analyse(frontier_study(rng), baseline="z", bootstrap=0)
 
 
+def test_a_loss_below_the_groups_floor_is_not_a_multiplier():
+    """x's fitted floor E lies above y's loss at the largest budget: x never gets there, and
+    the sentence says so instead of printing an 'infx' multiplier."""
+    rng = np.random.default_rng(5)
+    trials = pd.concat([frontier_study(rng, ratios=(("y", 1.0),)),
+                        frontier_study(rng, E=2.5, ratios=(("x", 1.0),))])
+    st = analyse(trials, baseline="y", bootstrap=50)
+    (s,) = st.summary
+    assert math.isinf(s["multiplier"])
+    assert st.conclusion == ["x does not reach y's loss at 3e+12 FLOPs on its fitted frontier "
+                             "(the loss is at or below its fitted E): the compute multiplier "
+                             "is unbounded, not a number"]
+
+
 def test_shared_E_fits_one_floor_for_every_group():
     df = frontier_study(np.random.default_rng(5), sigma=0.002)
     st = analyse(df, baseline="y", bootstrap=0, shared_E=True)

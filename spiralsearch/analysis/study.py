@@ -497,6 +497,9 @@ def _sentence(name, baseline, C: float, mult: float, ci: list[float] | None,
               boot: dict) -> str:
     """One comparison in numbers, or why it is not a conclusion."""
     at = f"{baseline}'s loss at {C:.3g} FLOPs"
+    if not math.isfinite(mult):  # the target is at or below X's fitted floor E
+        return (f"{name} does not reach {at} on its fitted frontier (the loss is at or "
+                f"below its fitted E): the compute multiplier is unbounded, not a number")
     if ci is None:
         why = boot.get("refused", "too few bootstrap draws gave a multiplier")
         return (f"inconclusive: {name} reaches {at} with {mult:.3g}x the compute, but with "

@@ -8,7 +8,7 @@ the head is applied to `chunk` tokens at a time, and each chunk's gradient is ta
 forward pass (the softmax minus the one-hot target is the whole gradient of cross-entropy),
 so only one chunk of fp32 logits is ever alive and nothing is recomputed: the FLOPs are those
 of the plain head. Batches of at most `chunk` tokens (and chunk 0) take the plain path,
-`cross_entropy(logits.float())`, bit for bit what training always did.
+`cross_entropy` of the logits upcast to fp32, bit for bit what training always did.
 """
 
 from __future__ import annotations
@@ -21,20 +21,25 @@ __all__ = ["lm_loss"]
 
 def lm_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 0
             ) -> torch.Tensor:
-    """Mean cross-entropy (nats/token, fp32, 0-dim) of the logits `h @ weight.T` against
+    """Mean cross-entropy (nats/token, 0-dim, fp32 or wider) of the logits `h @ weight.T` against
     `targets`: h (..., d) final hidden states, weight (vocab, d) the head, targets (...) ids.
     With 0 < chunk < tokens, at most `chunk` tokens' logits exist at once (see the module
     docstring); the loss equals the plain one within float rounding, and so do gradients."""
     h2, t = h.reshape(-1, h.shape[-1]), targets.reshape(-1)
     if chunk <= 0 or h2.shape[0] <= chunk:
-        return F.cross_entropy(F.linear(h2, weight).float(), t)
+        return F.cross_entropy(_wide(F.linear(h2, weight)), t)
     if torch.is_grad_enabled() and (h2.requires_grad or weight.requires_grad):
         return _ChunkedCrossEntropy.apply(h2, weight, t, chunk)
-    total = h2.new_zeros((), dtype=torch.float32)
+    total = h2.new_zeros(())
     for s in range(0, h2.shape[0], chunk):
-        logits = F.linear(h2[s:s + chunk], weight).float()
+        logits = _wide(F.linear(h2[s:s + chunk], weight))
         total = total + F.cross_entropy(logits, t[s:s + chunk], reduction="sum")
     return total / h2.shape[0]
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """x in fp32 when its dtype is narrower (bf16 logits under autocast), else as it is."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
@@ -45,20 +50,20 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int
                 ) -> torch.Tensor:
         n = h.shape[0]
-        total = h.new_zeros((), dtype=torch.float32)
+        total = h.new_zeros(())
         grad_h = torch.empty_like(h)
-        grad_w = torch.zeros_like(weight, dtype=torch.float32)  # summed over chunks in fp32
+        grad_w = torch.zeros_like(weight, dtype=_wide(weight).dtype)  # summed in fp32 at least
         for s in range(0, n, chunk):
             hc, tc = h[s:s + chunk], targets[s:s + chunk]
             logits = F.linear(hc, weight)  # in the compute dtype under autocast
-            lf = logits.float()
+            lf = _wide(logits)
             lse = torch.logsumexp(lf, dim=-1)
             total = total + (lse - lf.gather(1, tc[:, None]).squeeze(1)).sum()
             g = lf.sub_(lse[:, None]).exp_()  # softmax, in place of the fp32 logits
             g[torch.arange(tc.shape[0], device=tc.device), tc] -= 1.0
             g = g.div_(n).to(logits.dtype)  # d loss / d logits of this chunk
             grad_h[s:s + chunk] = (g @ weight.to(g.dtype)).to(h.dtype)
-            grad_w += (g.t() @ hc.to(g.dtype)).float()
+            grad_w += g.t() @ hc.to(g.dtype)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
         return total / n

@@ -68,11 +68,11 @@ def train_step(forward: Callable, model: torch.nn.Module, opt: torch.optim.Optim
     and backward over micro-batches of `micro_batch` sequences, each loss weighted by its
     share of the batch, so the gradients sum to the whole batch's; then clip and step.
     `no_sync` (DDP's) skips the gradient all-reduce of all but the last micro-batch.
-    Returns the batch's mean loss (nats/token), a 0-dim tensor on the device: nothing here
-    waits for the device."""
+    Returns the batch's mean loss (nats/token), a 0-dim fp64 tensor on the device: nothing
+    here waits for the device."""
     opt.zero_grad(set_to_none=True)
     parts = list(zip(x.split(micro_batch), y.split(micro_batch), strict=True))
-    total = torch.zeros((), device=x.device)
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
     for i, (xm, ym) in enumerate(parts):
         share = xm.shape[0] / x.shape[0]
         with no_sync() if i < len(parts) - 1 else contextlib.nullcontext():

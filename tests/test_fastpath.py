@@ -349,3 +349,20 @@ def test_cuda_rng_is_saved_and_restored_when_cuda_is_there(tmp_path, monkeypatch
     assert len(restored) == 1 and all(s.device.type == "cpu" for s in restored[0])
     assert [s.tolist() for s in restored[0]] == [s.tolist() for s in cuda_states]
     dev.restore_rng(torch.get_rng_state())  # a checkpoint from before: the CPU state alone
+
+
+@pytest.mark.slow
+def test_the_model_and_its_chunked_loss_compile_to_one_graph():
+    """torch.compile traces forward and the chunked loss's autograd function without a graph
+    break (fullgraph; the aot_eager backend generates no code, so this takes seconds, not
+    the minutes inductor takes on this CPU), and the compiled loss and gradients are eager's."""
+    torch.manual_seed(0)
+    model = build_model(tiny("1+2x{1/4,1}+1"))
+    x = torch.randint(0, 17, (2, 33))
+    model(x[:, :-1], x[:, 1:], 16).backward()
+    want = _grads(model)
+    model.zero_grad()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    compiled(x[:, :-1], x[:, 1:], 16).backward()
+    for name, grad in _grads(model).items():
+        torch.testing.assert_close(grad, want[name], rtol=1e-5, atol=1e-7, msg=name)

@@ -63,6 +63,25 @@ def test_chunked_loss_and_gradients_equal_the_plain_loss(dtype, tol):
             assert abs(lm_loss(h, w, y, chunk).item() - plain.item()) <= tol * plain.item()
 
 
+def test_chunked_loss_under_bf16_autocast_matches_the_plain_loss():
+    """Under autocast the chunks' logits are bf16 products, upcast to fp32 for the softmax, as
+    in the plain path; the gradients come back in the parameters' own dtypes."""
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(64, 16, generator=g, requires_grad=True)
+    w = torch.randn(50, 16, generator=g, requires_grad=True)
+    y = torch.randint(0, 50, (64,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = lm_loss(h, w, y, 0)
+        chunked = lm_loss(h, w, y, 24)
+    gh, gw = torch.autograd.grad(plain, (h, w))
+    ch, cw = torch.autograd.grad(chunked, (h, w))
+    assert plain.dtype == chunked.dtype == torch.float32
+    assert ch.dtype == cw.dtype == torch.float32
+    assert chunked.item() == pytest.approx(plain.item(), rel=1e-5)
+    torch.testing.assert_close(ch, gh, rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(cw, gw, rtol=2e-2, atol=2e-3)
+
+
 def test_chunked_loss_never_holds_the_whole_logits(monkeypatch):
     """Every head product has at most `chunk` rows: the (tokens, vocab) logits never exist."""
     model = build_model(tiny("1+1x{1/2,1}+1", vocab_size=97))

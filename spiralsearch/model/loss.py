@@ -16,7 +16,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["lm_loss"]
+__all__ = ["compute_dtype", "lm_loss"]
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype matmuls on x's device run in: autocast's (bf16 on CUDA in training) when it
+    is on there, else x's own."""
+    kind = x.device.type
+    if kind in ("cuda", "cpu") and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return x.dtype
 
 
 def lm_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 0
@@ -53,16 +62,17 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         total = h.new_zeros(())
         grad_h = torch.empty_like(h)
         grad_w = torch.zeros_like(weight, dtype=_wide(weight).dtype)  # summed in fp32 at least
+        w = weight.to(compute_dtype(weight))  # cast once, not once a chunk, under autocast
         for s in range(0, n, chunk):
             hc, tc = h[s:s + chunk], targets[s:s + chunk]
-            logits = F.linear(hc, weight)  # in the compute dtype under autocast
+            logits = F.linear(hc.to(w.dtype), w)
             lf = _wide(logits)
             lse = torch.logsumexp(lf, dim=-1)
             total = total + (lse - lf.gather(1, tc[:, None]).squeeze(1)).sum()
             g = lf.sub_(lse[:, None]).exp_()  # softmax, in place of the fp32 logits
             g[torch.arange(tc.shape[0], device=tc.device), tc] -= 1.0
             g = g.div_(n).to(logits.dtype)  # d loss / d logits of this chunk
-            grad_h[s:s + chunk] = (g @ weight.to(g.dtype)).to(h.dtype)
+            grad_h[s:s + chunk] = (g @ w).to(h.dtype)
             grad_w += g.t() @ hc.to(g.dtype)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype

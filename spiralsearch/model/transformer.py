@@ -23,7 +23,7 @@ from spiralsearch.model.config import (  # noqa: F401 (re-exported: the model's 
     ConfigError,
     ModelConfig,
 )
-from spiralsearch.model.loss import lm_loss
+from spiralsearch.model.loss import compute_dtype, lm_loss
 from spiralsearch.model.resample import Resampler
 from spiralsearch.model.topology import build_topology
 
@@ -35,16 +35,6 @@ def rotary_cos_sin(positions: torch.Tensor, dim: int, base: float, dtype: torch.
     angles = positions.float()[:, None] * inv_freq[None, :]
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype matmuls on x's device run in: autocast's (bf16 on CUDA in training) when it
-    is on there, else x's own. Rotary tables are built in it, so rotating q and k (which the
-    qkv projection gives in that dtype) does not upcast them to fp32 before attention."""
-    kind = x.device.type
-    if kind in ("cuda", "cpu") and torch.is_autocast_enabled(kind):
-        return torch.get_autocast_dtype(kind)
-    return x.dtype
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -186,6 +176,8 @@ class SpiralFormer(nn.Module):
         emb = self.wte(idx)
         if self.cfg.embed_scale:
             emb = emb * math.sqrt(self.cfg.d_model)
+        # rotary tables in the compute dtype: rotating q and k (bf16 from the qkv projection
+        # under autocast) does not upcast them to fp32 before attention
         dtype = compute_dtype(emb)
         rope = self._rope(torch.arange(L, device=idx.device), dtype)
         h = emb

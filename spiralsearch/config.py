@@ -131,6 +131,20 @@ class OptimConfig(Config):
     # minutes-long trials CPU sweeps run (benchmarks/results/compile.json)
     compile: str = opt("auto", "torch.compile the model: auto (on CUDA), on, off",
                        choices=("auto", "on", "off"))
+    # gradient accumulation: a step is still batch_size sequences (budgets count those)
+    micro_batch: int = opt(0, "sequences per forward/backward pass, gradients summed over the "
+                           "step's micro-batches (per data-parallel worker); 0: the whole "
+                           "batch at once", **_GE0)
+    # 4096 tokens x a 50,304 vocabulary is 0.8 GB of fp32 logits, against 13 GB for the
+    # whole of a 32 x 2048 batch
+    loss_chunk: int = opt(4096, "tokens whose logits the loss computes at once; a larger "
+                          "batch goes chunk by chunk and never holds all its logits; 0: "
+                          "all at once", **_GE0)
+
+    def __post_init__(self) -> None:
+        if self.micro_batch and self.batch_size % self.micro_batch:
+            raise ConfigError(f"train.micro_batch: {self.micro_batch} does not divide "
+                              f"batch_size {self.batch_size}")
 
 
 @dataclass(frozen=True)

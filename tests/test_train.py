@@ -100,17 +100,19 @@ def test_budget_refusals():
 
 
 def test_divergence_stops_and_keeps_metrics(monkeypatch):
+    """A non-finite loss is caught at the next evaluation (the loss stays on the device
+    between them: no host sync per step), which names the first bad step."""
     import spiralsearch.training.loop as tr
 
     real = tr.build_model
 
-    def exploding(cfg):  # the 7th training forward returns NaN logits
+    def exploding(cfg):  # the 7th training forward (step 6) returns a NaN loss
         model = real(cfg)
         forward, calls = model.forward, []
 
-        def forward_nan_later(idx):
+        def forward_nan_later(idx, *args):
             calls.extend([1] if model.training else [])
-            out = forward(idx)
+            out = forward(idx, *args)
             return out * math.nan if len(calls) >= 7 and model.training else out
         model.forward = forward_nan_later
         return model
@@ -119,10 +121,11 @@ def test_divergence_stops_and_keeps_metrics(monkeypatch):
     result = train(small(evals=5))  # 20 steps, evaluations at 4, 8, ...
     assert result.status == "diverged"
     assert result.summary["error"] == "non-finite training loss at step 6"
-    assert [m["step"] for m in result.metrics] == [4, 6]  # metrics kept up to the blow-up
+    assert [m["step"] for m in result.metrics] == [4, 8]  # metrics kept up to the blow-up
     assert math.isfinite(result.metrics[0]["val_loss"])
     assert math.isnan(result.metrics[-1]["val_loss"])
-    assert result.summary["steps"] == 6
+    assert math.isnan(result.metrics[-1]["train_loss"])
+    assert result.summary["steps"] == 8
 
 
 def test_lr_schedule():

@@ -55,8 +55,8 @@ from spiralsearch.data.sources import (
     typed_options,
 )
 
-__all__ = ["DataError", "Dataset", "bits_per_byte", "cache_root", "fetch_prose", "load_dataset",
-           "parse_source"]
+__all__ = ["DataError", "Dataset", "as_batch", "bits_per_byte", "cache_root", "fetch_prose",
+           "load_dataset", "parse_source"]
 
 FORMAT_VERSION = 2  # bump when the cached layout or the splitting rules change
 SPLITS = ("train", "val", "test")
@@ -243,21 +243,33 @@ class Dataset:
                             f"fewer than seq_len + 1 = {seq_len + 1}")
         return data
 
-    @staticmethod
-    def _windows(data: np.ndarray, starts: np.ndarray, seq_len: int
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        buf = np.asarray(data[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int64)
-        t = torch.from_numpy(buf)
-        return t[:, :-1].contiguous(), t[:, 1:].contiguous()
+    @property
+    def window_dtype(self) -> torch.dtype:
+        """The compact dtype of token windows: uint16 while every id fits (vocab <= 65536),
+        4x less to copy and pin than int64; the device widens them (see `as_batch`)."""
+        return torch.uint16 if self.vocab_size <= 1 << 16 else torch.int64
+
+    def _windows(self, data: np.ndarray, starts: np.ndarray, seq_len: int) -> torch.Tensor:
+        np_dtype = np.uint16 if self.window_dtype == torch.uint16 else np.int64
+        return torch.from_numpy(np.asarray(data[starts[:, None] + np.arange(seq_len + 1)],
+                                           dtype=np_dtype))
+
+    def get_windows(self, split: str, batch_size: int, seq_len: int, step: int, seed: int = 0,
+                    rows: slice = slice(None)) -> torch.Tensor:
+        """The batch of `step` as token windows (batch_size, seq_len + 1) in `window_dtype`:
+        x is a window's first seq_len tokens, y its last. A pure function of the arguments
+        (a run resumed at `step` sees the same batches); `rows` takes a share of the batch,
+        so data-parallel workers split the very batch one worker would see."""
+        data = self._data(split, seq_len)
+        rng = np.random.default_rng([seed, step, batch_size, seq_len, SPLITS.index(split)])
+        starts = rng.integers(0, len(data) - seq_len, size=batch_size)
+        return self._windows(data, starts[rows], seq_len)
 
     def get_batch(self, split: str, batch_size: int, seq_len: int, step: int, seed: int = 0
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random windows x, y (int64, (batch_size, seq_len)), y = x shifted by one token.
-        A pure function of the arguments, so a run resumed at `step` sees the same batches."""
-        data = self._data(split, seq_len)
-        rng = np.random.default_rng([seed, step, batch_size, seq_len, SPLITS.index(split)])
-        return self._windows(data, rng.integers(0, len(data) - seq_len, size=batch_size),
-                             seq_len)
+        """Random windows x, y (int64, (batch_size, seq_len)), y = x shifted by one token:
+        `get_windows` split in two."""
+        return as_batch(self.get_windows(split, batch_size, seq_len, step, seed))
 
     def eval_batches(self, split: str, batch_size: int, seq_len: int, n_batches: int
                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -266,7 +278,7 @@ class Dataset:
         data = self._data(split, seq_len)
         starts = np.linspace(0, len(data) - seq_len - 1, batch_size * n_batches)
         starts = starts.round().astype(np.int64).reshape(n_batches, batch_size)
-        return (self._windows(data, s, seq_len) for s in starts)
+        return (as_batch(self._windows(data, s, seq_len)) for s in starts)
 
     def val_batches(self, batch_size: int, seq_len: int, n_batches: int
                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -294,6 +306,13 @@ class Dataset:
         if self.codec is None:
             raise DataError(f"{self.source}: pre-tokenized, no tokenizer to decode with")
         return self.codec.decode(ids)
+
+
+def as_batch(windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs x and targets y (int64, (B, seq_len)) of token windows (B, seq_len + 1) of any
+    integer dtype, on the windows' device."""
+    w = windows.long()
+    return w[:, :-1].contiguous(), w[:, 1:].contiguous()
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from spiralsearch.model.config import (  # noqa: F401 (re-exported: the model's 
     ConfigError,
     ModelConfig,
 )
+from spiralsearch.model.loss import compute_dtype, lm_loss
 from spiralsearch.model.resample import Resampler
 from spiralsearch.model.topology import build_topology
 
@@ -156,15 +157,29 @@ class SpiralFormer(nn.Module):
     def _rope(self, positions: torch.Tensor, dtype: torch.dtype):
         return rotary_cos_sin(positions, self.cfg.rotary_dim, self.cfg.rotary_base, dtype)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Logits (B, L, vocab_size) for token ids idx (B, L), any L in [1, max_seq_len]."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                loss_chunk: int = 0) -> torch.Tensor:
+        """Logits (B, L, vocab_size) for token ids idx (B, L), any L in [1, max_seq_len]; or,
+        given targets (B, L), only the mean cross-entropy (nats/token, fp32), computed
+        `loss_chunk` tokens at a time so the whole logits never exist (model/loss.py)."""
+        h = self.ln_f(self.hidden(idx))
+        if targets is None:
+            return self.lm_head(h)
+        return lm_loss(h, self.lm_head.weight, targets, loss_chunk)
+
+    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
+        """The last block's output (B, L, d_model) for token ids idx (B, L), before the final
+        norm and the head."""
         B, L = idx.shape
         if not 1 <= L <= self.cfg.max_seq_len:
             raise ValueError(f"sequence length {L} outside [1, max_seq_len={self.cfg.max_seq_len}]")
         emb = self.wte(idx)
         if self.cfg.embed_scale:
             emb = emb * math.sqrt(self.cfg.d_model)
-        rope = self._rope(torch.arange(L, device=idx.device), emb.dtype)
+        # rotary tables in the compute dtype: rotating q and k (bf16 from the qkv projection
+        # under autocast) does not upcast them to fp32 before attention
+        dtype = compute_dtype(emb)
+        rope = self._rope(torch.arange(L, device=idx.device), dtype)
         h = emb
         for blk in self.pre:
             h = blk(h, rope)
@@ -173,13 +188,13 @@ class SpiralFormer(nn.Module):
             z = rs.down(h)
             zhat = z
             core_rope = rope if rs.chunk == 1 else self._rope(rs.positions(L, idx.device),
-                                                              emb.dtype)
+                                                              dtype)
             for blk in self.core:
                 zhat = blk(zhat, core_rope)
             h, state = self.topology.step(t, state, h, z, zhat, rs)
         for blk in self.post:
             h = blk(h, rope)
-        return self.lm_head(self.ln_f(h))
+        return h
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
                  top_k: int | None = None,

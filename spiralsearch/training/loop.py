@@ -8,10 +8,17 @@ and deterministic; bf16 autocast on CUDA, fp32 on CPU. Metrics go to `callback(d
 evaluation (under Ray Tune the callback is `ray.tune.report`; this module knows nothing of
 Ray). With an `out_dir`, checkpoints are written at every evaluation and at the end, and a
 rerun resumes from the last one and continues exactly.
+
+The step never waits for the device: the loss stays there, summed until the next evaluation,
+which reads it (and whether any step's loss was not finite) in one host sync. On CUDA, AdamW
+is fused, batches are pinned uint16 built a step ahead (data/batches.py), the loss never
+holds a whole batch's logits (model/loss.py), and `train.micro_batch` accumulates gradients.
+`train_data_parallel` runs the same loop on K workers under DDP (training/world.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -22,13 +29,42 @@ from typing import Any
 
 import torch
 
-from spiralsearch.atomic import atomic_save, atomic_write_json
+from spiralsearch.atomic import atomic_write_json
 from spiralsearch.config import DataConfig, OptimConfig, TrialConfig
+from spiralsearch.data.batches import Batches
 from spiralsearch.data.dataset import DataError, Dataset, load_dataset
 from spiralsearch.model.counting import count_params
 from spiralsearch.model.transformer import build_model
 from spiralsearch.schema import MetricRow, Status, TrialSummary
 from spiralsearch.training.budget import Plan, plan
+from spiralsearch.training.checkpoint import (
+    Resumed,
+    checkpoint_path,
+    load_checkpoint,
+    save_checkpoint,
+)
+from spiralsearch.training.device import (
+    fence_memory,
+    mfu,
+    peak_flops,
+    release_memory,
+    resolve_device,
+)
+from spiralsearch.training.step import (
+    LossSum,
+    compiled,
+    evaluate,
+    micro_batch,
+    optimizer,
+    train_step,
+)
+from spiralsearch.training.world import World
+
+__all__ = ["TrainResult", "compiled", "evaluate", "load_data", "load_split", "lr_at",
+           "optimizer", "plan_trial", "prepare", "resolve_device", "train",
+           "train_data_parallel", "train_step", "write_summary"]
+
+_optimizer = optimizer  # the benchmarks' old name
 
 
 @dataclass
@@ -52,64 +88,6 @@ def lr_at(step: int, steps: int, cfg: OptimConfig) -> float:
     progress = (step - warmup) / max(1, steps - warmup - 1)
     floor = cfg.min_lr_frac * cfg.lr
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    # Weight decay on matrices only, not on biases and norm gains.
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [dict(params=decay, weight_decay=cfg.weight_decay),
-              dict(params=no_decay, weight_decay=0.0)]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, ds: Dataset, cfg: TrialConfig, device: torch.device,
-             split: str = "val") -> float:
-    """Mean loss (nats/token) over the fixed windows of a held-out split: val (what search
-    and early stopping see) or test (what fits and reports use, scored once at the end)."""
-    model.eval()
-    losses = []
-    for x, y in ds.eval_batches(split, cfg.train.batch_size, cfg.data.seq_len,
-                                cfg.train.eval_batches):
-        with _autocast(device):
-            logits = model(x.to(device))
-        losses.append(torch.nn.functional.cross_entropy(
-            logits.float().flatten(0, 1), y.to(device).flatten()).item())
-    model.train()
-    return sum(losses) / len(losses)
-
-
-def compiled(model: torch.nn.Module, mode: str, device: torch.device) -> torch.nn.Module:
-    """The module the loop calls: `torch.compile(model)` when mode is "on", or "auto" on
-    CUDA; else the model itself. The compiled wrapper shares the model's parameters, so the
-    optimiser, checkpoints and counts keep using `model`."""
-    if mode == "on" or (mode == "auto" and device.type == "cuda"):
-        return torch.compile(model)
-    return model
-
-
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-def _checkpoint_path(out_dir: Path | None) -> Path | None:
-    return None if out_dir is None else out_dir / "checkpoints" / "last.pt"
-
-
-def _save_checkpoint(path: Path, model, opt, step: int, metrics: list, wall: float) -> None:
-    """Model, optimiser, step (the data position: batches are a function of it), RNG and the
-    metrics so far; written to a temp file and renamed, so a crash never leaves half a file."""
-    state = dict(model=model.state_dict(), optimizer=opt.state_dict(), step=step,
-                 metrics=metrics, wall_seconds=wall, rng=torch.get_rng_state())
-    atomic_save(state, path)
 
 
 def load_split(data: DataConfig) -> Dataset:
@@ -143,93 +121,138 @@ def prepare(config: TrialConfig) -> tuple[Dataset, Plan]:
 
 
 def train(config: TrialConfig | dict, *, out_dir: str | Path | None = None,
-          callback: Callable[[dict], None] | None = None, progress: bool = False
-          ) -> TrainResult:
+          callback: Callable[[dict], None] | None = None, progress: bool = False,
+          gpu_share: float | None = None) -> TrainResult:
     """Train one candidate until its budget is spent; returns summary and metrics.
 
     Metrics reported at every evaluation: step, tokens, train_flops, train_loss (mean since
     the last report), val_loss (nats/token), val_bpb (bits per byte), lr, tokens_per_s,
-    wall_seconds. A NaN/inf loss stops the run with status 'diverged'. With out_dir, resumes
+    mfu (training FLOP/s over the device's peak: NaN where no peak is known, see
+    training/device.py), wall_seconds. A NaN/inf loss stops the run at the next evaluation
+    with status 'diverged', naming the first step it happened at. With out_dir, resumes
     from out_dir/checkpoints/last.pt when present and writes out_dir/summary.json.
+    `gpu_share` (the trial's fraction of its GPU) caps this process's GPU memory at it.
     """
     if isinstance(config, dict):
         config = TrialConfig.from_dict(config)
+    device = resolve_device(config.train.device)
+    try:
+        return _run(config, out_dir, callback, progress, gpu_share, device, World())
+    finally:  # the locals are gone: a worker that trains another trial starts empty
+        release_memory(device)
+
+
+def train_data_parallel(config: TrialConfig | dict, *, out_dir: str | Path | None = None,
+                        callback: Callable[[dict], None] | None = None,
+                        gpu_share: float | None = None, device: torch.device | None = None
+                        ) -> TrainResult | None:
+    """`train` on every worker of the caller's initialised torch.distributed group (Ray
+    Train's TorchTrainer, torchrun), under DDP: each step's batch is split over the workers,
+    so the run sees the data, and takes the steps, of a one-worker run. Rank 0 evaluates,
+    checkpoints (out_dir must be the same folder for every rank: it resumes from there) and
+    calls `callback`, and returns the result; other ranks return None. `device` is this
+    worker's (default: train.device; for CUDA, the current CUDA device, which the caller
+    sets per worker)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise RuntimeError("train_data_parallel needs an initialised torch.distributed "
+                           "process group (init_process_group, torchrun or Ray Train)")
+    if isinstance(config, dict):
+        config = TrialConfig.from_dict(config)
+    if device is None:
+        device = resolve_device(config.train.device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    world = World.current()
+    try:
+        result = _run(config, out_dir, callback, False, gpu_share, device, world)
+    finally:
+        release_memory(device)
+    return result if world.is_main else None
+
+
+def _run(config: TrialConfig, out_dir, callback, progress: bool, gpu_share: float | None,
+         device: torch.device, world: World) -> TrainResult:
+    """The training loop of `train`, on one worker of `world`."""
     out = Path(out_dir) if out_dir is not None else None
     ds, p = prepare(config)
     oc = config.train
+    rows, micro = world.rows(oc.batch_size), micro_batch(oc, world)
     if oc.threads > 0:
         torch.set_num_threads(oc.threads)
-    device = resolve_device(oc.device)
+    fence_memory(device, gpu_share)
     torch.manual_seed(oc.seed)
     model = build_model(p.model).to(device)
-    opt = _optimizer(model, oc)
-    forward = compiled(model, oc.compile, device)  # shares model's parameters
+    opt = optimizer(model, oc, device)
+    ckpt = checkpoint_path(out)
+    run = load_checkpoint(ckpt, model, opt) if ckpt is not None and ckpt.exists() else Resumed()
+    step, metrics = run.step, run.metrics
+    wrapped = world.wrap(model, device)  # DDP over several workers; shares the parameters
+    forward = compiled(wrapped, oc.compile, device)
+    # rank 0 evaluates alone, so never through DDP (whose forward may talk to the others)
+    evaluator = forward if wrapped is model else compiled(model, oc.compile, device)
+    no_sync = getattr(wrapped, "no_sync", contextlib.nullcontext)
     evals = sorted({max(1, round(p.steps * (i + 1) / oc.evals)) for i in range(oc.evals)})
-    step, metrics, wall_before = 0, [], 0.0
-    ckpt = _checkpoint_path(out)
-    if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        step, metrics, wall_before = state["step"], state["metrics"], state["wall_seconds"]
-    bar = _ProgressBar(p) if progress else None
-    status, error = Status.COMPLETE, None
-    t_start, t_last, loss_sum, loss_n = time.perf_counter(), time.perf_counter(), 0.0, 0
+    peak = peak_flops(device)
+    bar = _ProgressBar(p) if progress and world.is_main else None
+    status, error, losses = Status.COMPLETE, None, LossSum(device)
+    t_start = t_last = time.perf_counter()
     tokens_last = step * p.tokens_per_step
     model.train()
-    while step < p.steps:
-        lr = lr_at(step, p.steps, oc)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        x, y = ds.get_batch("train", oc.batch_size, config.data.seq_len, step, oc.seed)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with _autocast(device):
-            logits = forward(x)
-        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        loss_value = loss.item()  # the step's one host sync, also the divergence check
-        if not math.isfinite(loss_value):
-            status, error = Status.DIVERGED, f"non-finite training loss at step {step}"
-        else:
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), oc.grad_clip)
-            opt.step()
+    with Batches(ds, batch_size=oc.batch_size, seq_len=config.data.seq_len, seed=oc.seed,
+                 device=device, first=step, rows=rows) as batches:
+        while step < p.steps:
+            lr = lr_at(step, p.steps, oc)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x, y = batches.get(step)
+            losses.add(train_step(forward, model, opt, x, y, micro_batch=micro,
+                                  loss_chunk=oc.loss_chunk, grad_clip=oc.grad_clip,
+                                  no_sync=no_sync), step)
             step += 1
-            loss_sum, loss_n = loss_sum + loss_value, loss_n + 1
-        if status == Status.DIVERGED or step in evals:
+            if bar is not None:
+                bar.update(step)
+            if step not in evals:
+                continue
+            train_loss, bad = losses.read(world)  # the interval's one wait for the device
             now = time.perf_counter()
-            val = (evaluate(forward, ds, config, device) if status == Status.COMPLETE
-                   else math.nan)
+            if bad is not None:
+                status, error = Status.DIVERGED, f"non-finite training loss at step {bad}"
+                val = math.nan
+            else:
+                val = world.from_main(evaluate(evaluator, ds, config, device)
+                                      if world.is_main else math.nan, device)
+                if not math.isfinite(val):
+                    status = Status.DIVERGED
+                    error = f"non-finite validation loss at step {step}"
+            tokens_per_s = (step * p.tokens_per_step - tokens_last) / (now - t_last)
             row = dataclasses.asdict(MetricRow(
                 step=step, tokens=step * p.tokens_per_step,
                 train_flops=step * p.tokens_per_step * p.flops_per_token,
-                train_loss=loss_sum / loss_n if loss_n else math.nan,
-                val_loss=val, val_bpb=ds.bits_per_byte(val), lr=lr,
-                tokens_per_s=(step * p.tokens_per_step - tokens_last) / (now - t_last),
-                wall_seconds=wall_before + now - t_start))
-            metrics.append(row)
-            if ckpt is not None and status == Status.COMPLETE:
-                _save_checkpoint(ckpt, model, opt, step, metrics, row["wall_seconds"])
-            if callback is not None:
-                callback(dict(row))
+                train_loss=train_loss, val_loss=val, val_bpb=ds.bits_per_byte(val), lr=lr,
+                tokens_per_s=tokens_per_s, wall_seconds=run.wall_seconds + now - t_start))
+            # not yet a column of the store's metrics table (schema.MetricRow): reported only
+            row["mfu"] = mfu(tokens_per_s, p.flops_per_token, peak, world.size)
+            if world.is_main:
+                metrics.append(row)
+                if ckpt is not None and status == Status.COMPLETE:
+                    save_checkpoint(ckpt, model, opt, step, metrics, row["wall_seconds"])
+                if callback is not None:
+                    callback(dict(row))
+                if bar is not None:
+                    bar.update(step, train_loss)
             # tokens/s counts training only: the next interval starts after this evaluation
-            t_last, tokens_last, loss_sum, loss_n = (time.perf_counter(),
-                                                     step * p.tokens_per_step, 0.0, 0)
-            if status == Status.DIVERGED or not math.isfinite(val):
-                status = Status.DIVERGED
-                error = error or f"non-finite validation loss at step {step}"
+            t_last, tokens_last = time.perf_counter(), step * p.tokens_per_step
+            losses.reset()
+            if status == Status.DIVERGED:
                 break
-        if bar is not None:
-            bar.update(step, loss_value)
     if bar is not None:
         bar.close()
     # the test split is scored once, on the final model, and never reported to the search
-    test = (evaluate(forward, ds, config, device, "test") if status == Status.COMPLETE
-            and ds.has_split("test", config.data.seq_len) else math.nan)
+    test = (evaluate(evaluator, ds, config, device, "test") if status == Status.COMPLETE
+            and world.is_main and ds.has_split("test", config.data.seq_len) else math.nan)
     result = TrainResult(_summary(config, p, ds, model, status, error, step, metrics, test),
                          metrics)
-    if out is not None:
+    if out is not None and world.is_main:
         write_summary(out, result.summary)
     return result
 
@@ -287,9 +310,12 @@ class _ProgressBar:
         self.task = self.bar.add_task(str(p.model.spec), total=p.steps, tokens="0", loss="-")
         self.bar.start()
 
-    def update(self, step: int, loss: float) -> None:
-        self.bar.update(self.task, completed=step, loss=f"{loss:.3f}",
-                        tokens=f"{step * self.p.tokens_per_step:,}")
+    def update(self, step: int, loss: float | None = None) -> None:
+        """Steps done; `loss`, the training loss at an evaluation (the bar never waits for
+        the device to show one)."""
+        extra = {} if loss is None else dict(loss=f"{loss:.3f}")
+        self.bar.update(self.task, completed=step, tokens=f"{step * self.p.tokens_per_step:,}",
+                        **extra)
 
     def close(self) -> None:
         self.bar.stop()

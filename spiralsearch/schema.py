@@ -43,6 +43,8 @@ class MetricRow:
     val_bpb: float = opt(NAN, "validation loss in bits per UTF-8 byte")
     lr: float = opt(NAN, "learning rate at this step")
     tokens_per_s: float = opt(NAN, "training throughput since the last evaluation")
+    mfu: float = opt(NAN, "model FLOPs utilisation since the last evaluation: training "
+                     "FLOP/s over the device's peak (NaN where no peak is known, e.g. CPU)")
     wall_seconds: float = opt(NAN, "seconds since the trial started (resumes included)")
 
 

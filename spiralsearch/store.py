@@ -219,13 +219,18 @@ def _v6_imported(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE trials ADD COLUMN IF NOT EXISTS imported BOOLEAN")
 
 
+def _v7_mfu(con: duckdb.DuckDBPyConnection) -> None:
+    """Model FLOPs utilisation per evaluation (metrics.mfu)."""
+    con.execute("ALTER TABLE metrics ADD COLUMN IF NOT EXISTS mfu DOUBLE")
+
+
 # MIGRATIONS[i] takes a file from schema version i to i + 1, inside the write transaction.
 # To change the schema, change spiralsearch.schema and append a function here that brings
 # older files to it (e.g. `ALTER TABLE ... ADD COLUMN IF NOT EXISTS`); never edit a
 # migration that has shipped. A test holds the migrated columns equal to the schema's.
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     _v1_create, _v2_summary_columns, _v3_groups_and_test_split, _v4_replicates, _v5_sizes,
-    _v6_imported]
+    _v6_imported, _v7_mfu]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -49,6 +49,8 @@ def test_sweep_end_to_end_and_idempotent_rerun(ray_session, tmp_path, monkeypatc
     metrics = query(db, "SELECT trial_id, count(*) AS n FROM metrics GROUP BY trial_id")
     assert sorted(metrics["n"]) == [2, 2]  # both evaluations of both trials
     assert set(metrics["trial_id"]) == set(trials["trial_id"])
+    m = load(db, "metrics")  # every evaluation stores throughput and MFU (no peak on a CPU)
+    assert (m["tokens_per_s"] > 0).all() and m["mfu"].isna().all()
     sweeps = load(db, "sweeps")
     assert sweeps["status"].tolist() == ["complete"] and sweeps["ended_at"].notna().all()
 

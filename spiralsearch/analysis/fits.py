@@ -132,8 +132,10 @@ def rows_of(st: Study) -> list[dict[str, Any]]:
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
+    if isinstance(v, float) and math.isinf(v):  # e.g. a multiplier bound out of reach
+        return "inf" if v > 0 else "-inf"
     if isinstance(v, float):
         return f"{v:.{digits}g}"
     return str(v)

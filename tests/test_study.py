@@ -92,8 +92,8 @@ def test_a_law_on_its_bound_is_shown_as_a_bound():
 
 def test_an_interval_open_to_infinity_prints_inf_not_na():
     """A multiplier whose upper bound is out of reach (some draws never get there)."""
-    rows = [dict(group="x", n_trials=1, n_points=5, baseline="y"),
-            dict(group="y", n_trials=1, n_points=5, baseline="y", multiplier=2.91,
+    rows = [dict(group="y", n_trials=1, n_points=5, baseline="y"),
+            dict(group="x", n_trials=1, n_points=5, baseline="y", multiplier=2.91,
                  multiplier_ci=[1.46, math.inf])]
     _, cells = fit_rows_text(rows)
     assert cells[1][7] == "2.91 [1.46, inf]"

@@ -40,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
     db = resolve_db(args)
     if args.bootstrap < 0:
         raise ValueError(f"--bootstrap {args.bootstrap}: must be >= 0")
+    if args.fix_E is not None and not (math.isfinite(args.fix_E) and args.fix_E >= 0):
+        raise ValueError(f"--E {args.fix_E}: the loss floor must be a finite number >= 0 "
+                         f"(nats/token)")
     trials = load_results(db)["trials"]
     st = study(trials, args.by, baseline=args.baseline, bootstrap=args.bootstrap,
                seed=args.seed, E=args.fix_E, shared_E=args.shared_E)

@@ -22,6 +22,8 @@ def run(args: argparse.Namespace) -> int:
     """Write the report; print where."""
     from spiralsearch.analysis.report import build_report
 
+    if args.bootstrap < 0:
+        raise ValueError(f"--bootstrap {args.bootstrap}: must be >= 0")
     out = build_report(resolve_db(args), args.out, bootstrap=args.bootstrap).resolve()
     emit(args, dict(report=str(out)), lambda: print(f"report: {out}"))
     return 0

@@ -89,7 +89,7 @@ def _model() -> list[Key]:
                "iterations, chunks of 65,536 (spiralsearch/limits.py)", "choice",
                "the layout: depth, shared core and its resolutions (README: Spec notation)")
     preset = MODEL_SPECS["preset"]
-    out = [spec, Key("model.preset", "string", "null (the defaults below)", _allowed(preset),
+    out = [spec, Key("model.preset", "string", "none (the defaults below)", _allowed(preset),
                      "", "width preset: its d_model, n_heads, mlp_ratio, vocabulary and "
                      "context replace the defaults below; the options given override it")]
     for name, s in MODEL_SPECS.items():

@@ -6,10 +6,11 @@ seconds. Plain Python: the CLI and the YAML checks read it without importing tor
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from spiralsearch.fields import ConfigError, opt
+from spiralsearch.fields import ConfigError, FieldSpec, check_value, field_specs, opt
 from spiralsearch.limits import at_most, too_large, within
 from spiralsearch.model.spec import Spec, parse_spec
 
@@ -84,10 +85,9 @@ class ModelConfig:
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is not one of "
                                   f"{', '.join(allowed)}")
-        for f in _CHECKED:  # each field's domain, as opt(check=...) states it
-            v = getattr(self, f.name)
-            if v is not None and not f.metadata["check"](v):
-                raise ConfigError(f"{f.name}: expected {f.metadata['what']}, got {v!r}")
+        for name, spec in _specs().items():  # each field's type and domain, as opt() says
+            if name != "spec":
+                check_value(name, getattr(self, name), spec)
         if self.d_model % self.n_heads:
             raise ConfigError(f"n_heads={self.n_heads} does not divide d_model={self.d_model}")
         if self.d_mlp < 1:
@@ -135,4 +135,7 @@ class ModelConfig:
         return int(self.head_dim * self.rotary_pct) // 2 * 2
 
 
-_CHECKED = [f for f in fields(ModelConfig) if f.metadata.get("check")]
+@functools.cache
+def _specs() -> dict[str, FieldSpec]:
+    """ModelConfig's field specs, read once (type hints are slow to resolve)."""
+    return field_specs(ModelConfig)

@@ -24,6 +24,8 @@ from spiralsearch.limits import LIMITS, at_most, too_large
 
 __all__ = ["Iteration", "Spec", "SpecError", "parse_spec"]
 
+DIGITS = "0123456789"
+
 
 class SpecError(ValueError):
     """A spec string that does not parse, with the 0-based position of the problem."""
@@ -162,7 +164,7 @@ class _Parser:
     def integer(self, expected: str) -> int:
         self.skip_ws()
         start = self.i
-        while self.i < len(self.text) and self.text[self.i].isdigit():
+        while self.i < len(self.text) and self.text[self.i] in DIGITS:  # not '²' or '٣'
             self.i += 1
         if start == self.i:
             c = self.text[start] if start < len(self.text) else ""

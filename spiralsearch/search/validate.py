@@ -52,6 +52,8 @@ class _Loader(yaml.SafeLoader):
     (PyYAML silently keeps the last)."""
 
     def construct_mapping(self, node, deep=False):
+        if not isinstance(node, yaml.MappingNode):  # `!!set 0`: PyYAML's own error
+            return super().construct_mapping(node, deep)
         seen = set()
         for k, _ in node.value:  # before merges (`<<`), whose keys may be overridden
             if not isinstance(k, yaml.ScalarNode):  # a list or mapping as a key

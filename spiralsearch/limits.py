@@ -50,6 +50,10 @@ LIMITS: dict[str, Limit] = {
     "eval_batches": Limit(10**4, "validation batches per evaluation", "each evaluation "
                           "would take longer than training"),
     "seed": Limit((1 << 32) - 1, "a seed", "Optuna's samplers take 32-bit seeds"),
+    "bootstrap": Limit(10**5, "bootstrap draws (fit, report)", "each draw refits the whole "
+                       "study"),
+    "probe_sequences": Limit(1 << 12, "held-out sequences a probe runs",
+                             "they go through the model in one float64 batch"),
     # data (spiralsearch.data.synthetic)
     "synthetic_chars": Limit(1 << 25, "generated chars", "generated in one pass, in memory "
                              "(~30 bytes a char)"),

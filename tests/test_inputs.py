@@ -89,7 +89,7 @@ CLI = [  # argv (FILE, DB, MISSING replaced below) -> fragment
     (["describe", "4", "--vocab-size", "1000000000000"], "vocab_size: expected an integer"),
     (["describe", "4", "--mlp-ratio", "inf"], "mlp_ratio: expected a finite number"),
     (["describe", "4", "--mlp-ratio", "0.001"], "an MLP of 0 units"),
-    (["describe", "4", "--norm-eps", "nan"], "norm_eps: expected a finite number > 0"),
+    (["describe", "4", "--norm-eps", "nan"], "norm_eps: expected a finite number, got nan"),
     (["describe", "4", "--preset", "huge"], "invalid choice: 'huge'"),
     (["train", "--spec", "4", *TINY, "--budget-flops", "inf", "--out", "run"],
      "must be finite"),
@@ -126,6 +126,9 @@ CLI = [  # argv (FILE, DB, MISSING replaced below) -> fragment
     (["fit", "--db", "DB", "--by", "nonsense"], "no such trials column"),
     (["fit", "--db", "DB", "--E", "nan"], "the loss floor must be a finite number"),
     (["report", "--db", "DB", "--bootstrap", "-1"], "--bootstrap -1: must be >= 0"),
+    (["report", "--db", "DB", "--bootstrap", "1000000000"], "above the bound of 100,000"),
+    (["probe", "run", "--window", "0"], "--window 0: must be >= 1"),
+    (["probe", "run", "--sequences", "100000000"], "above the bound of 4,096"),
     (["keys", "nonsense."], "no key starts with 'nonsense.'"),
 ]
 CASES = ([pytest.param(["sweep", f"{name}.yaml", "--dry-run"], msg, id=f"yaml-{name}")

@@ -93,6 +93,16 @@ def resolve_db(args: argparse.Namespace) -> Path:
 
 
 
+def check_bootstrap(draws: int) -> None:
+    """--bootstrap N of fit and report: 0 (no intervals) up to the bound on draws."""
+    from spiralsearch.limits import at_most, too_large
+
+    if draws < 0:
+        raise ValueError(f"--bootstrap {draws}: must be >= 0")
+    if not at_most("bootstrap", draws):
+        raise ValueError(too_large("bootstrap", draws, "--bootstrap"))
+
+
 def _field_flag(group, name: str, spec, help: str) -> None:
     """One --flag for a config field (default None: the preset or the dataclass decides)."""
     kw: dict[str, Any] = dict(dest=name, default=None, help=help)

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 import math
 
-from spiralsearch.cli import add_db, add_format, command, emit, print_table, resolve_db, si
+from spiralsearch.cli import (
+    add_db,
+    add_format,
+    check_bootstrap,
+    command,
+    emit,
+    print_table,
+    resolve_db,
+    si,
+)
 
 
 def add_parser(subparsers) -> None:
@@ -38,8 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from spiralsearch.analysis.fits import load_results, rows_of, study
 
     db = resolve_db(args)
-    if args.bootstrap < 0:
-        raise ValueError(f"--bootstrap {args.bootstrap}: must be >= 0")
+    check_bootstrap(args.bootstrap)
     if args.fix_E is not None and not (math.isfinite(args.fix_E) and args.fix_E >= 0):
         raise ValueError(f"--E {args.fix_E}: the loss floor must be a finite number >= 0 "
                          f"(nats/token)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from spiralsearch.cli import add_db, add_format, command, emit, resolve_db
+from spiralsearch.cli import add_db, add_format, check_bootstrap, command, emit, resolve_db
 
 
 def add_parser(subparsers) -> None:
@@ -22,8 +22,7 @@ def run(args: argparse.Namespace) -> int:
     """Write the report; print where."""
     from spiralsearch.analysis.report import build_report
 
-    if args.bootstrap < 0:
-        raise ValueError(f"--bootstrap {args.bootstrap}: must be >= 0")
+    check_bootstrap(args.bootstrap)
     out = build_report(resolve_db(args), args.out, bootstrap=args.bootstrap).resolve()
     emit(args, dict(report=str(out)), lambda: print(f"report: {out}"))
     return 0

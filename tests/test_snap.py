@@ -103,3 +103,18 @@ def test_train_warns_when_the_loss_is_not_below_the_unigram_entropy(tmp_path, ca
     s = json.loads((out / "summary.json").read_text())
     assert s["final_val_loss"] > s["unigram_entropy"]
     assert warnings == [f"warning: {entropy_warning(s['final_val_loss'], s['unigram_entropy'])}"]
+
+
+def test_dry_run_plan_says_where_each_snapped_budget_went():
+    from spiralsearch.search.candidates import check_candidates
+
+    text = ('name: s\ndata: {seq_len: 32}\nmodel: {spec: "2", preset: tiny}\n'
+            "train: {batch_size: 4}\nbudget: {kind: tokens, values: [1500, 1536], snap: true}\n")
+    (row,) = check_candidates(parse_space(text))
+    moved, exact = row["budgets"]
+    assert (moved["steps"], moved["tokens"], exact["steps"]) == (12, 1536, 12)
+    assert moved["note"].startswith("tokens budget 1500 snapped to 1536 (+2.4%)")
+    assert exact["note"] is None
+    (row,) = check_candidates(parse_space(text.replace(", snap: true", "").replace(
+        "1500, ", "")))
+    assert row["budgets"][0]["note"] is None

@@ -47,6 +47,7 @@ def _bounded(spec: Spec) -> bool:
 @given(spec_text)
 @example("²")  # str.isdigit() says yes, int() says no
 @example("1" * 5000)  # int() refuses 4,300 digits
+@example("1+0x{}+512")  # plain: 513 layers in one block
 def test_spec_parser_raises_only_spec_error(text):
     try:
         spec = parse_spec(text)

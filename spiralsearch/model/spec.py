@@ -245,6 +245,8 @@ class _Parser:
                             loop_pos)
         if n_pre + n_loop + n_post == 0:
             raise self.fail("a model needs at least one layer", 0)
+        if n_loop == 0:  # a plain model keeps all its layers in one block
+            self.bounded("layers", n_pre + n_post, "plain layer count (pre + post)", 0)
         return Spec(n_pre, n_loop, n_post, tuple(iterations))
 
 

@@ -15,6 +15,7 @@ one-line `ConfigError` that starts with the key path.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from spiralsearch.fields import (
     opt,
 )
 from spiralsearch.identity import config_hash
+from spiralsearch.limits import within
 from spiralsearch.model.config import ModelConfig
 
 __all__ = ["BUDGET_KINDS", "Budget", "BudgetError", "Config", "ConfigError", "DataConfig",
@@ -65,7 +67,6 @@ class Config:
 
 
 _GT0 = dict(check=lambda v: v > 0, what="> 0")
-_GE1 = dict(check=lambda v: v >= 1, what=">= 1")
 _GE0 = dict(check=lambda v: v >= 0, what=">= 0")
 _UNIT = dict(check=lambda v: 0 <= v <= 1, what="a value in [0, 1]")
 _BETA = dict(check=lambda v: 0 <= v < 1, what="a value in [0, 1)")
@@ -93,13 +94,14 @@ class DataConfig(Config):
                       "tokens:PATH", check=_source_ok, what="a data source")
     tokenizer: str = opt("bytes", "bytes (vocab 256) or bpe:N (trained on the train split)",
                          check=_tokenizer_ok, what="'bytes' or 'bpe:N' with N >= 256")
-    seq_len: int = opt(256, "training context (tokens)", **_GE1)
+    seq_len: int = opt(256, "training context (tokens)", **within("seq_len"))
     val_fraction: float = opt(0.1, "share of documents held out for validation (selection)",
                               check=lambda v: 0 < v < 1, what="a value in (0, 1)")
     test_fraction: float = opt(0.1, "share of documents held out for test (fits, reports)",
                                check=lambda v: 0 <= v < 1, what="a value in [0, 1)")
     # apart from the training seed, so trials with different seeds score the same data
-    split_seed: int = opt(0, "seed that picks the validation and test documents")
+    split_seed: int = opt(0, "seed that picks the validation and test documents",
+                          **within("seed", 0))
 
     def __post_init__(self) -> None:
         if self.val_fraction + self.test_fraction >= 1:
@@ -112,7 +114,7 @@ class OptimConfig(Config):
     """The `train:` section: optimiser, schedule, evaluation and run settings."""
 
     lr: float = opt(1e-3, "peak learning rate", **_GT0)
-    batch_size: int = opt(16, "sequences per step", **_GE1)
+    batch_size: int = opt(16, "sequences per step", **within("batch_size"))
     weight_decay: float = opt(0.1, "AdamW weight decay (matrices only)", **_GE0)
     beta1: float = opt(0.9, "AdamW beta1", **_BETA)
     beta2: float = opt(0.95, "AdamW beta2", **_BETA)
@@ -120,9 +122,9 @@ class OptimConfig(Config):
     min_lr_frac: float = opt(0.1, "cosine decays to this share of lr", **_UNIT)
     grad_clip: float = opt(1.0, "gradient-norm clip", **_GT0)
     evals: int = opt(10, "evaluations (and checkpoints) over the run, the last at the end",
-                     **_GE1)
-    eval_batches: int = opt(8, "validation batches per evaluation", **_GE1)
-    seed: int = opt(0, "init and data-order seed")
+                     **within("evals"))
+    eval_batches: int = opt(8, "validation batches per evaluation", **within("eval_batches"))
+    seed: int = opt(0, "init and data-order seed", **within("seed", 0))
     device: str = opt("auto", "auto | cpu | cuda | cuda:N",
                       check=lambda v: bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?", v)),
                       what="auto, cpu, cuda or cuda:N")
@@ -157,14 +159,29 @@ class Budget(Config):
                     choices=BUDGET_KINDS)
     value: float = opt(1e6, "the budget, in the kind's unit", **_GT0)
     tokens: float | None = opt(None, "training tokens of a params budget", **_GT0)
+    # off: a budget that whole steps miss by more than 1% is refused (docs/design.md §3)
+    snap: bool = opt(False, "move the budget to the nearest whole step, saying so, instead "
+                     "of refusing one that whole steps miss by more than 1%")
 
     def __post_init__(self) -> None:
         if self.kind not in BUDGET_KINDS:
             raise BudgetError(f"budget kind {self.kind!r} is not one of {', '.join(BUDGET_KINDS)}")
         if not self.value > 0:
             raise BudgetError(f"{self.kind} budget must be > 0, got {self.value}")
+        if not math.isfinite(self.value):
+            raise BudgetError(f"{self.kind} budget must be finite, got {self.value}")
         if self.kind == "params" and not (self.tokens or 0) > 0:
             raise BudgetError("a params budget needs the training length too: budget tokens > 0")
+        if self.tokens is not None and not math.isfinite(self.tokens):
+            raise BudgetError(f"budget tokens must be a finite number > 0, got {self.tokens}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, but `snap` only when on: a budget that is not snapped keeps the
+        identity (trial id) it had before snapping existed."""
+        d = super().to_dict()
+        if not self.snap:
+            del d["snap"]
+        return d
 
     @property
     def unit(self) -> str:

@@ -275,17 +275,28 @@ def _is_lock_conflict(e: Exception) -> bool:
     return isinstance(e, duckdb.IOException) and "Could not set lock" in str(e)
 
 
+# A reader can touch nothing but its results file: no file reads or writes outside it (COPY
+# ... TO, ATTACH, EXPORT DATABASE, read_csv), no extension installs or loads, no persistent
+# secrets, no spill files beside it, and no SET or PRAGMA that undoes any of this. Every
+# reader opens with the same settings, as DuckDB refuses two configurations of one file
+# in one process.
+READER_CONFIG = {"enable_external_access": False, "autoinstall_known_extensions": False,
+                 "autoload_known_extensions": False, "allow_persistent_secrets": False,
+                 "temp_directory": "", "lock_configuration": True}
+
+
 def _connect(path: Path, *, read_only: bool, timeout_s: float,
              max_delay_s: float = 0.2) -> duckdb.DuckDBPyConnection:
-    """Open `path`, retrying lock conflicts with exponential back-off and jitter (5 ms
-    doubling up to `max_delay_s`) until `timeout_s` seconds have passed, then raise
-    StoreBusy."""
+    """Open `path` (read-only: sandboxed by READER_CONFIG), retrying lock conflicts with
+    exponential back-off and jitter (5 ms doubling up to `max_delay_s`) until `timeout_s`
+    seconds have passed, then raise StoreBusy."""
     deadline = time.monotonic() + timeout_s
     delay, tries = 0.005, 0
+    config = READER_CONFIG if read_only else {}
     while True:
         tries += 1
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            return duckdb.connect(str(path), read_only=read_only, config=config)
         except duckdb.IOException as e:
             if not _is_lock_conflict(e):
                 raise
@@ -306,7 +317,13 @@ def connect_readonly(path: str | Path, *, timeout_s: float = 30.0) -> duckdb.Duc
     path = Path(path)
     if not path.is_file():
         raise StoreError(f"no results database at {path}")
-    con = _connect(path, read_only=True, timeout_s=timeout_s)
+    try:
+        con = _connect(path, read_only=True, timeout_s=timeout_s)
+    except StoreBusy:
+        raise
+    except duckdb.Error as e:  # not a DuckDB file, or one this DuckDB cannot read
+        raise StoreError(f"{path} is not a readable DuckDB results file "
+                         f"({str(e).splitlines()[0]})") from None
     try:
         version = _schema_version(con, path)
         if version == 0:  # created, but the writer died before its first commit
@@ -329,9 +346,18 @@ def load(path: str | Path, table: str = "trials", *, timeout_s: float = 30.0) ->
 
 
 def query(path: str | Path, sql: str, *, timeout_s: float = 30.0) -> pd.DataFrame:
-    """Run one read-only SQL query against a results file and return a DataFrame."""
+    """Run one read-only SQL query against a results file and return a DataFrame. The
+    connection can change no file and reach nothing outside the results file (see
+    READER_CONFIG); SQL that tries, or that DuckDB refuses, raises duckdb.Error. A
+    statement with no result (no SELECT) raises StoreError."""
+    if not sql.strip():
+        raise StoreError("empty SQL: give a query such as 'SELECT * FROM trials'")
     with connect_readonly(path, timeout_s=timeout_s) as con:
-        return con.sql(sql).df()
+        rel = con.sql(sql)
+        if rel is None:
+            raise StoreError(f"{sql.strip()[:60]!r} returns no rows: query runs a SELECT "
+                             f"(or another statement with a result)")
+        return rel.df()
 
 
 def store_path(name: str, root: str | Path = "results") -> Path:

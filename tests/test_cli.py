@@ -173,7 +173,7 @@ def test_fit_and_report(db, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv", [
     [], ["describe"], ["train"], ["data"], ["data", "info"], ["data", "fetch"], ["sweep"],
-    ["query"], ["trials"], ["fit"], ["report"], ["probe"]])
+    ["keys"], ["query"], ["trials"], ["fit"], ["report"], ["probe"]])
 def test_every_help_returns_0(argv, capsys):
     assert main([*argv, "--help"]) == 0
     out = capsys.readouterr().out

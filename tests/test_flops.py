@@ -7,9 +7,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from models import examples
 
+import spiralsearch.model.counting as counting
 from spiralsearch import ModelConfig, Spec, build_model
 from spiralsearch.cli import main
 from spiralsearch.model.counting import (
+    _decode_totals,
     analytic_flops,
     count_params,
     decode_cost,
@@ -261,3 +263,45 @@ def test_cli_shows_decode_columns(capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["decode"] == decode_cost(ModelConfig.from_spec("12", "tiny"), 32)
     assert data["flops_forward_causal"] < data["flops_forward"]
+
+
+@settings(max_examples=examples(60), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(1, 12), st.integers(0, 11)), min_size=1, max_size=4),
+       st.sampled_from(["mesh", "residual", "anchor"]), st.sampled_from(["score", "mean"]),
+       st.sampled_from(["allocate", "repeat"]), st.integers(0, 300), st.integers(1, 40))
+def test_decode_totals_equal_decode_flops_token_by_token(its, topology, down, up, start, n):
+    """decode_cost's vectorised window is decode_flops, the definition, at every token."""
+    spec = Spec(1, 2, 1, tuple((g, w % g) for g, w in its))
+    cfg = tiny(spec, topology=topology, downsample=down, upsample=up)
+    assert _decode_totals(cfg, start, n).tolist() == [
+        decode_flops(cfg, p)["total"] for p in range(start, start + n)]
+
+
+def test_describe_counts_past_the_trace_depth_analytically(monkeypatch):
+    """Past FVCORE_MAX_DEPTH unrolled layers describe counts from the config alone (the
+    same number, which the traced tests pin), and says so."""
+    monkeypatch.setattr(counting, "FVCORE_MAX_DEPTH", 6)
+    traced = describe("1+1x{1/2,1,1,1}+1", "tiny", seq_len=64)  # 6 unrolled layers
+    deep = describe("1+1x{1/2,1,1,1,1}+1", "tiny", seq_len=64)  # 7
+    assert traced["flops_traced"] and traced["breakdown"]["fvcore"] is not None
+    assert not deep["flops_traced"] and deep["breakdown"]["fvcore"] is None
+    for r in (traced, deep):
+        assert r["flops_forward"] == r["flops_forward_analytic"]
+    cfg = ModelConfig.from_spec("1+1x{1/2,1,1,1,1}+1", "tiny")
+    assert fvcore_flops(build_model(cfg), 64)["total"] == deep["flops_forward"]  # untraced
+    assert main(["describe", "1+1x{1/2,1,1,1,1}+1", "--seq-len", "64"]) == 0
+
+
+@pytest.mark.slow
+def test_describe_at_every_bound():
+    """The largest spec and widths the bounds allow are described (analytically, on the meta
+    device): 3 x 512 layers, 256 iterations, chunks of 65,536 at a period of 65,536,
+    d_model 65,536, a vocabulary and a context of 2**20. benchmarks/bench_bounds.py times it."""
+    its = ",".join(["1/65536@65535", "1/256", "1/4096"] * 85 + ["1"])
+    r = describe(f"512+512x{{{its}}}+512", "tiny", seq_len=1 << 20, d_model=1 << 16,
+                 n_heads=1024, mlp_ratio=16.0, vocab_size=1 << 20)
+    assert not r["flops_traced"] and r["decode"]["period"] == 65536
+    assert r["unrolled_depth"] == 512 + 256 * 512 + 512
+    assert r["flops_forward"] > r["flops_forward_causal"] > 0
+    assert r["decode"]["flops_per_token_peak"] >= r["decode"]["flops_per_token"] > 0

@@ -126,9 +126,9 @@ BAD = [
      r"^search\.group_by\[1\]\.model\.spec: '1\+2x\{1,1\}\+1' is not one of the space's "
      r"model\.spec choices \('4', '2\+4x"),
     (f'[{{name: a, model.spec: "{C2F}"}}, {{name: a, model.spec: "{F2C}"}}]',
-     r"^search\.group_by\[1\]\.name: 'a' repeats search\.group_by\[0\]\.name$"),
+     r"^search\.group_by\[1\]\.name: 'a' repeats search\.group_by\[0\]\.name \(see "),
     ('[{name: "a b", model.topology: mesh}]',
-     r"^search\.group_by\[0\]\.name: 'a b' must match \[A-Za-z0-9_\.-\]\+$"),
+     r"^search\.group_by\[0\]\.name: 'a b' must match \[A-Za-z0-9_\.-\]\+ \(see "),
     ("[{model.topology: mesh}]", r"^search\.group_by\[0\]\.name: required key missing"),
     ("[{name: a, model.topolgy: mesh}]", r"^search\.group_by\[0\]\.model\.topolgy: unknown "
      r"key; did you mean 'model\.topology'\?"),

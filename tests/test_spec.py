@@ -1,8 +1,11 @@
+import math
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from spiralsearch import Spec, SpecError, parse_spec
+from spiralsearch.limits import LIMITS
 
 
 @st.composite
@@ -10,7 +13,11 @@ def specs(draw):
     n_loop = draw(st.integers(0, 6))
     if n_loop == 0:
         return Spec(draw(st.integers(1, 48)))
-    chunks = draw(st.lists(st.integers(1, 64), min_size=1, max_size=6))
+    chunks, period = [], 1
+    for g in draw(st.lists(st.integers(1, 64), min_size=1, max_size=6)):
+        if math.lcm(period, g) <= LIMITS["period"].bound:  # past it, parse_spec refuses
+            chunks.append(g)
+            period = math.lcm(period, g)
     its = tuple((g, draw(st.integers(0, g - 1))) for g in chunks)
     return Spec(draw(st.integers(0, 6)), n_loop, draw(st.integers(0, 6)), its)
 

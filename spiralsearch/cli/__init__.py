@@ -1,6 +1,6 @@
 """The `spiralsearch` command line: one grammar for every command.
 
-Each command lives in its own module (describe, train, data, sweep, rerun, results,
+Each command lives in its own module (describe, train, data, sweep, keys, rerun, results,
 imports (the `import` command), fit, report, probe) with its `add_parser(subparsers)` and
 its handler side by side; each handler is a thin layer over a library call and returns the
 exit code. This module holds what they share: the argparse `Parser` with one-line errors,
@@ -31,15 +31,15 @@ exit codes:
   0    success
   1    a run failed: train ended not complete; a sweep with a failed trial, or with no
        complete trial at the end; a rerun that does not reproduce the store
-  2    bad input: a bad spec, preset, flag, YAML key, budget, data source or SQL
+  2    bad input: a bad spec, preset, flag, YAML key, budget, data source, path or SQL
   3    busy: the results file stayed locked (another process writing)
   130  interrupted (Ctrl-C)
 
 Errors print one line to stderr; SPIRALSEARCH_DEBUG=1 shows the traceback instead."""
 
 # one module per command group, each with add_parser(subparsers); order = --help order
-COMMANDS = ("describe", "train", "data", "sweep", "rerun", "results", "imports", "fit",
-            "report", "probe")
+COMMANDS = ("describe", "train", "data", "sweep", "keys", "rerun", "results", "imports",
+            "fit", "report", "probe")
 FORMATS = ("table", "json", "csv")
 
 
@@ -91,6 +91,16 @@ def resolve_db(args: argparse.Namespace) -> Path:
     return found[-1]
 
 
+
+
+def check_bootstrap(draws: int) -> None:
+    """--bootstrap N of fit and report: 0 (no intervals) up to the bound on draws."""
+    from spiralsearch.limits import at_most, too_large
+
+    if draws < 0:
+        raise ValueError(f"--bootstrap {draws}: must be >= 0")
+    if not at_most("bootstrap", draws):
+        raise ValueError(too_large("bootstrap", draws, "--bootstrap"))
 
 
 def _field_flag(group, name: str, spec, help: str) -> None:
@@ -252,9 +262,14 @@ def _exit_code(e: BaseException) -> int | None:
         return EXIT_BUSY
     if isinstance(e, RunFailed):
         return EXIT_FAILED
-    if isinstance(e, ValueError | FileNotFoundError | StoreError):
+    if isinstance(e, (ValueError, StoreError, *PATH_ERRORS)):
         return EXIT_USAGE
     return None
+
+
+# a path the user gave that is missing, of the wrong kind, or not theirs to read or write
+PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+               PermissionError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,8 @@ from spiralsearch.cli import (
 def add_parser(subparsers) -> None:
     p = command(subparsers, "describe", run, "parameters and FLOPs of one or more specs",
                 "Parameters (total, non-embedding, unrolled) and forward FLOPs of one prefill "
-                "(fvcore on the meta device, checked against the analytic count), and decode "
+                "(fvcore on the meta device, checked against the analytic count; past 64 "
+                "unrolled layers the analytic count alone), and decode "
                 "cost. Several specs print side by side; json gives describe()'s dict (a list "
                 "for several specs).")
     p.add_argument("specs", nargs="+", metavar="SPEC", help="e.g. '2+4x{1/8,1/4,1/2,1}+2'")
@@ -32,9 +33,13 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Describe every spec; print them as a table, JSON or CSV."""
-    from spiralsearch.model.counting import describe
+    from spiralsearch.model.config import ModelConfig
 
     preset = args.preset or "tiny"
+    for s in args.specs:  # refuse a bad or oversized spec in milliseconds, before torch loads
+        ModelConfig.from_spec(s, preset, **model_options(args))
+    from spiralsearch.model.counting import describe
+
     results = [describe(s, preset, seq_len=args.seq_len, decode_context=args.decode_context,
                         **model_options(args)) for s in args.specs]
     emit(args, results[0] if len(results) == 1 and args.format == "json" else results,
@@ -43,10 +48,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _table(results: list[dict], preset: str, seq_len: int) -> None:
+    from spiralsearch.model.counting import FVCORE_MAX_DEPTH
+
     base = results[0]["flops_forward"]
     rows = []
     for r in results:
-        exact = "✓" if r["flops_forward"] == r["flops_forward_analytic"] else "✗"
+        exact = ("✓" if r["flops_forward"] == r["flops_forward_analytic"] else "✗") \
+            if r["flops_traced"] else "(analytic)"
         dec = r["decode"]
         rows.append([r["spec"], r["family"], si(r["params_total"]),
                      si(r["params_non_embedding"]), si(r["params_unrolled"]),
@@ -57,7 +65,8 @@ def _table(results: list[dict], preset: str, seq_len: int) -> None:
     ctx = results[0]["decode"]["context_len"]
     # units in the title and two-line headers, so 13 columns fit a 160-column pipe unwrapped
     print_table(f"{preset}: FLOPs of a {seq_len}-token prefill (✓ = fvcore equals the "
-                f"analytic count); decode at {ctx} tokens of context, bf16 KV cache",
+                f"analytic count; past {FVCORE_MAX_DEPTH} unrolled layers analytic only); "
+                f"decode at {ctx} tokens of context, bf16 KV cache",
                 ["spec", "family", "params", "non-emb", "unrolled", "depth", "rec.\nratio",
                  "prefill\nfull L×L", "prefill\ncausal", "train\nper token", "vs\nfirst",
                  "decode\nper token", "KV\ncache"], rows)

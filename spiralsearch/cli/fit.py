@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 import math
 
-from spiralsearch.cli import add_db, add_format, command, emit, print_table, resolve_db, si
+from spiralsearch.cli import (
+    add_db,
+    add_format,
+    check_bootstrap,
+    command,
+    emit,
+    print_table,
+    resolve_db,
+    si,
+)
 
 
 def add_parser(subparsers) -> None:
@@ -40,8 +49,10 @@ def add_study_args(p: argparse.ArgumentParser) -> None:
 
 def study_kwargs(args: argparse.Namespace) -> dict:
     """fits.study's keyword arguments from add_study_args' options."""
-    if args.bootstrap < 0:
-        raise ValueError(f"--bootstrap {args.bootstrap}: must be >= 0")
+    check_bootstrap(args.bootstrap)
+    if args.fix_E is not None and not (math.isfinite(args.fix_E) and args.fix_E >= 0):
+        raise ValueError(f"--E {args.fix_E}: the loss floor must be a finite number >= 0 "
+                         f"(nats/token)")
     return dict(baseline=args.baseline, bootstrap=args.bootstrap, seed=args.seed,
                 E=args.fix_E, shared_E=args.shared_E)
 

@@ -45,10 +45,27 @@ def _run_dir(args: argparse.Namespace) -> Path:
     return found
 
 
+def _check_flags(args: argparse.Namespace) -> None:
+    """Refuse flags out of their domain before anything is loaded."""
+    from spiralsearch.limits import at_most, too_large
+
+    if args.sequences < 1 or not at_most("probe_sequences", args.sequences):
+        raise ValueError(too_large("probe_sequences", args.sequences, "--sequences")
+                         if args.sequences > 1 else f"--sequences {args.sequences}: must be "
+                         f">= 1")
+    if args.seq_len is not None and args.seq_len < 2:
+        raise ValueError(f"--seq-len {args.seq_len}: must be >= 2 (tokens)")
+    if args.window < 1:
+        raise ValueError(f"--window {args.window}: must be >= 1 (positions)")
+    if not 0 < args.top <= 1:
+        raise ValueError(f"--top {args.top}: must be a share in (0, 1]")
+
+
 def run(args: argparse.Namespace) -> int:
     """Probe the run's model on fixed held-out sequences of its own split and tokenizer."""
     from spiralsearch.analysis.probes import dynamic_heads, probe_run
 
+    _check_flags(args)
     run_dir = _run_dir(args)
     df, seq_len = probe_run(run_dir, sequences=args.sequences, seq_len=args.seq_len,
                             window=args.window, data=args.data)

@@ -1,5 +1,7 @@
 """`spiralsearch query SQL` and `spiralsearch trials`: read a results file (read-only, so
-they work while a sweep is writing)."""
+they work while a sweep is writing). The connection is sandboxed (store.READER_CONFIG): SQL
+that would write the file, write or read any other file, attach a database, install or load
+an extension, or change a setting is refused by DuckDB, as bad input (exit 2)."""
 
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ def _query(args: argparse.Namespace, sql: str):
     db = resolve_db(args)
     try:
         return db, query(db, sql, timeout_s=args.timeout)
-    except (duckdb.ProgrammingError, duckdb.DataError, duckdb.InvalidInputException) as e:
+    except duckdb.Error as e:  # any SQL the database refuses, writes and file access too
         # duckdb appends the query text and a caret: the first line names the problem
         raise ValueError(f"{db}: {str(e).splitlines()[0]}") from e
 

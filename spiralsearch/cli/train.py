@@ -33,6 +33,9 @@ def add_parser(subparsers) -> None:
     b.add_argument("--budget-params", type=float,
                    help="non-embedding params (solves the width; needs --tokens)")
     p.add_argument("--tokens", type=float, help="training tokens for --budget-params")
+    p.add_argument("--snap", action="store_true",
+                   help="move the budget to the nearest whole number of steps (and say so) "
+                   "instead of refusing a budget that whole steps miss by more than 1%%")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--progress", action="store_true", help="progress bar even without a tty")
     add_format(p, "one row, the config as config.* columns")
@@ -44,22 +47,27 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build the trial from the flags, refuse bad input before writing, train, summarise."""
     from spiralsearch.config import Budget, DataConfig, OptimConfig, TrialConfig
+    from spiralsearch.data.dataset import entropy_warning
     from spiralsearch.training.loop import prepare, train
 
     kind, value = next((k, v) for k, v in (("flops", args.budget_flops),
                                            ("tokens", args.budget_tokens),
                                            ("params", args.budget_params)) if v is not None)
     # built here, not from a dict, so a bad flag is named as a flag ("tokens budget ...")
-    budget = Budget(kind, value, args.tokens).to_dict()
+    budget = Budget(kind, value, args.tokens, args.snap).to_dict()
     model = dict(spec=args.spec, preset=args.preset or "tiny") | model_options(args)
     data = dict(source=args.data) | given(args, DataConfig)
     config = TrialConfig.from_dict(dict(model=model, data=data, train=given(args, OptimConfig),
                                         budget=budget))
-    _, p = prepare(config)  # refuse bad data or budgets before anything is written
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: a file, not a folder")
+    ds, p = prepare(config)  # refuse bad data or budgets before anything is written
     print(f"{p.model.spec} ({p.model.spec.family}): {p.steps:,} steps x {p.tokens_per_step:,} "
           f"tokens = {p.train_flops:.4g} training FLOPs ({p.kind} budget {p.target:.4g}, "
           f"achieved {p.achieved:.4g})", file=sys.stderr)
-    out = Path(args.out)
+    if p.note:
+        print(f"note: {p.note}", file=sys.stderr)
     try:
         result = train(config, out_dir=out, progress=sys.stderr.isatty() or args.progress)
     except Exception as e:  # a crash mid-run is a failed run (exit 1), not a usage error
@@ -72,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
                                 config=config.to_dict()))
         raise RunFailed(f"failed: {error}; summary in {out / 'summary.json'}") from e
     s = result.summary
+    warning = entropy_warning(s["final_val_loss"], ds.unigram_entropy)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     emit(args, s, lambda: print(
         f"{s['status']}: val loss {s['final_val_loss']:.4f} nats/token, "
         f"{s['final_val_bpb']:.4f} bits/byte after {s['tokens']:,} tokens; "

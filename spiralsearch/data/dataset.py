@@ -55,8 +55,8 @@ from spiralsearch.data.sources import (
     typed_options,
 )
 
-__all__ = ["DataError", "Dataset", "as_batch", "bits_per_byte", "cache_root", "fetch_prose",
-           "load_dataset", "parse_source"]
+__all__ = ["DataError", "Dataset", "as_batch", "bits_per_byte", "cache_root", "entropy_warning",
+           "fetch_prose", "load_dataset", "parse_source", "unigram_entropy"]
 
 FORMAT_VERSION = 2  # bump when the cached layout or the splitting rules change
 SPLITS = ("train", "val", "test")
@@ -154,14 +154,28 @@ def _write_tokens(path: Path, ids: np.ndarray) -> None:
     ids.tofile(path)
 
 
-def _unigram_entropy(ids: np.ndarray, vocab_size: int) -> float:
-    """Entropy (nats/token) of the token frequencies, counted in chunks to bound memory."""
+def unigram_entropy(ids: np.ndarray, vocab_size: int) -> float:
+    """Entropy (nats/token) of the token frequencies of `ids` (ids < vocab_size): the loss
+    of a model that predicts every token from the frequencies alone. Counted in chunks to
+    bound memory, over the first 2**27 tokens of a longer stream."""
     counts = np.zeros(vocab_size, dtype=np.int64)
     n = min(len(ids), _ENTROPY_MAX_TOKENS)
     for i in range(0, n, 1 << 24):
         counts += np.bincount(np.asarray(ids[i : min(n, i + (1 << 24))]), minlength=vocab_size)
     p = counts[counts > 0] / max(1, n)
     return float(-(p * np.log(p)).sum())
+
+
+def entropy_warning(loss: float, entropy: float) -> str | None:
+    """One line when a final loss (nats/token) is not below the unigram entropy of the
+    training tokens, the loss of predicting from token frequencies alone, so the model
+    learned nothing a frequency table does not know; None otherwise (or when either is not
+    a finite number: a diverged run says so itself)."""
+    if not (math.isfinite(loss) and math.isfinite(entropy)) or loss < entropy:
+        return None
+    return (f"final val loss {loss:.4f} nats/token is not below the training data's unigram "
+            f"entropy {entropy:.4f} nats/token: no better than predicting token frequencies "
+            f"(train longer, or check the learning rate)")
 
 
 def _bpe_path(corpus: Corpus, n: int, fractions: tuple[float, float], seed: int, root: Path
@@ -202,7 +216,7 @@ def _build(corpus: Corpus, source: str, tokenizer: str, fractions: tuple[float, 
                 bytes_per_token=len(val_text.encode("utf-8")) / len(ids["val"]),
                 test_bytes_per_token=(len("".join(texts["test"]).encode("utf-8"))
                                       / len(ids["test"]) if len(ids["test"]) else None),
-                optimal_loss=optimal, unigram_entropy=_unigram_entropy(ids["train"],
+                optimal_loss=optimal, unigram_entropy=unigram_entropy(ids["train"],
                                                                        tok.vocab_size))
     with atomic_dir(entry, marker="meta.json") as tmp:  # another process may win the race
         for s in SPLITS:
@@ -358,7 +372,7 @@ def _load_tokens(src: Source, source: str, tokenizer: str, val_fraction: float,
     cut = len(arr) - n_test
     train, val, test = arr[: cut - n_val], arr[cut - n_val : cut], arr[cut:]
     return Dataset(source, "pretokenized", vocab, train, val, opts.bytes_per_token, None,
-                   _unigram_entropy(train, vocab), test=test,
+                   unigram_entropy(train, vocab), test=test,
                    test_bytes_per_token=opts.bytes_per_token)
 
 

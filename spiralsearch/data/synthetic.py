@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from spiralsearch.limits import at_most, too_large
+
 # Bracket pair i renders as OPEN[i] ... CLOSE[i]; letters extend the 4 ASCII pairs to k=30.
 OPEN = "([{<abcdefghijklmnopqrstuvwxyz"
 CLOSE = ")]}>ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -45,6 +47,11 @@ class DyckConfig:
             raise ValueError("depth, chars must be >= 1 and doc >= 2")
         if not 0.0 <= self.p <= 1.0:
             raise ValueError(f"p={self.p} must be in [0, 1]")
+        _bounded(chars=("synthetic_chars", self.chars), depth=("synthetic_depth", self.depth),
+                 doc=("synthetic_doc", self.doc))
+        if self.depth > self.doc:
+            raise ValueError(f"depth={self.depth} is deeper than a document of doc={self.doc} "
+                             f"chars can reach")
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,16 @@ class PCFGConfig:
             raise ValueError("depth, branching, symbols, rules, chars must all be >= 1")
         if self.symbols > 26:
             raise ValueError(f"symbols={self.symbols} must be <= 26 (terminals are a-z)")
+        _bounded(chars=("synthetic_chars", self.chars), depth=("synthetic_depth", self.depth),
+                 rules=("synthetic_rules", self.rules),
+                 branching=("synthetic_rules", self.branching))
+
+
+def _bounded(**options: tuple[str, int]) -> None:
+    """ValueError naming the first option past its bound in spiralsearch/limits.py."""
+    for name, (key, value) in options.items():
+        if not at_most(key, value):
+            raise ValueError(too_large(key, value, name))
 
 
 def _dyck_chains(cfg: DyckConfig, n: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -185,7 +202,7 @@ def generate_pcfg(cfg: PCFGConfig) -> list[str]:
     little more in total."""
     grammar = make_grammar(cfg)
     mean_len = np.prod([(b >= 0).sum(-1).mean() for b in grammar]) + 1
-    if mean_len > max(1e8, 100 * cfg.chars):
+    if not at_most("synthetic_chars", mean_len):  # one sentence is generated at once
         raise ValueError(f"sentences of ~{mean_len:.3g} chars are too long; "
                          "lower depth or branching")
     rng = np.random.default_rng([cfg.seed, 1])

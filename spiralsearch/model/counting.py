@@ -7,7 +7,10 @@ embedding lookup, norms, activations, softmax, elementwise work. Training FLOPs 
 3 x forward FLOPs per token.
 
 Two independent counts must agree exactly: fvcore tracing the real module on the meta device
-(no memory, no arithmetic), and `analytic_flops` from the config alone.
+(no memory, no arithmetic), and `analytic_flops` from the config alone. Tracing costs ~20 ms
+per unrolled layer, so `describe` traces only up to FVCORE_MAX_DEPTH unrolled layers and
+counts deeper models analytically (the tests hold the two equal); with the bounds of
+spiralsearch/limits.py every spec that parses is described in seconds.
 
 Two attention conventions: `full` (the default and the paper's: every query against all
 L_t keys, what SDPA's dense kernel computes) and `causal` (query i against its i + 1 keys
@@ -26,6 +29,7 @@ import math
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import torch
 from fvcore.nn.jit_analysis import JitModelAnalysis
 from fvcore.nn.jit_handles import (
@@ -37,6 +41,7 @@ from fvcore.nn.jit_handles import (
     matmul_flop_jit,
 )
 
+from spiralsearch.limits import at_most, too_large
 from spiralsearch.model.config import ModelConfig
 from spiralsearch.model.resample import n_chunks
 from spiralsearch.model.transformer import SpiralFormer, build_model
@@ -212,12 +217,35 @@ def decode_cost(cfg: ModelConfig, context_len: int,
     `kv_bytes_per_value` bytes a value (2 = bf16)."""
     if context_len < 0:
         raise ValueError(f"context_len must be >= 0, got {context_len}")
+    if not at_most("seq_len", context_len):
+        raise ValueError(too_large("seq_len", context_len, "decode context"))
     period = math.lcm(*(g for g, _ in cfg.spec.iterations))  # 1 for a plain model
-    costs = [decode_flops(cfg, p)["total"] for p in range(context_len, context_len + period)]
+    costs = _decode_totals(cfg, context_len, period).tolist()  # Python ints: an exact sum
     return dict(context_len=context_len, period=period,
                 flops_per_token=sum(costs) / period, flops_per_token_peak=max(costs),
                 kv_bytes_per_value=kv_bytes_per_value,
                 kv_cache=kv_cache_bytes(cfg, context_len, kv_bytes_per_value))
+
+
+def _decode_totals(cfg: ModelConfig, start: int, n: int) -> np.ndarray:
+    """decode_flops(cfg, p)["total"] for p = start .. start + n - 1 at once (int64; the
+    bounds of spiralsearch/limits.py keep every token's count below 2**63), so a period of
+    65,536 tokens over 256 levels takes a fraction of a second. Tested equal to
+    decode_flops token by token."""
+    spec, d = cfg.spec, cfg.d_model
+    p = np.arange(start, start + n, dtype=np.int64)
+    one = _layer_flops(cfg, 1, 0)  # a layer's linear maps on one position
+    total = spec.n_pre * (one + 4 * d * (p + 1)) + spec.n_post * (one + 4 * d * (p + 1))
+    total += 2 * d * cfg.vocab_size + _router_pair(cfg)  # head, MeSH transition
+    for g, w in spec.iterations:
+        closes = (p + w + 1) % g == 0
+        core = spec.n_loop * (one + 4 * d * ((p + w + 1) // g))
+        if g > 1 and cfg.upsample == "allocate":
+            core += 2 * d * g
+        total += np.where(closes, core, 0) + _router_pair(cfg)
+        if g > 1 and cfg.downsample == "score":
+            total += 2 * d
+    return total
 
 
 def count_params(model: SpiralFormer) -> dict[str, int]:
@@ -232,37 +260,47 @@ def count_params(model: SpiralFormer) -> dict[str, int]:
     return dict(total=total, non_embedding=non_embedding, unrolled=unrolled)
 
 
+FVCORE_MAX_DEPTH = 64  # unrolled layers fvcore traces in describe (~20 ms each)
+
+
 def describe(spec, preset: str | None = None, seq_len: int = 4096,
              decode_context: int | None = None, **options) -> dict[str, Any]:
     """Parameters and FLOPs of a spec (a string, `Spec` or `ModelConfig`) at `seq_len` tokens.
 
     Builds on the meta device (no memory). Keys: spec, family, params_total,
-    params_non_embedding, params_unrolled, flops_forward (fvcore, FLOPs for one prefill,
-    full L x L attention), flops_forward_analytic (the same, from the config),
-    flops_forward_causal (the prefill with causal-triangle attention, analytic),
-    flops_per_token_train (3 x forward / seq_len), recurrence_ratio, unrolled_depth, seq_len,
-    breakdown (analytic FLOPs by block; fvcore totals by block), decode (`decode_cost` at
+    params_non_embedding, params_unrolled, flops_forward (FLOPs for one prefill, full L x L
+    attention: fvcore's trace, or the analytic count past FVCORE_MAX_DEPTH unrolled layers),
+    flops_forward_analytic (the same, from the config), flops_traced (whether fvcore traced
+    it, so flops_forward == flops_forward_analytic is a check), flops_forward_causal (the
+    prefill with causal-triangle attention, analytic), flops_per_token_train (3 x forward /
+    seq_len), recurrence_ratio, unrolled_depth, seq_len, breakdown (analytic FLOPs by block;
+    fvcore totals by block, None when not traced), decode (`decode_cost` at
     `decode_context` tokens, default seq_len: FLOPs per generated token, KV-cache bytes).
     """
     if int(seq_len) < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    if not at_most("seq_len", seq_len):
+        raise ValueError(too_large("seq_len", seq_len))
     cfg = spec if isinstance(spec, ModelConfig) else ModelConfig.from_spec(spec, preset, **options)
     if seq_len > cfg.max_seq_len:  # counting is not limited by the trained context
         cfg = cfg.replace(max_seq_len=seq_len)
+    decode = decode_cost(cfg, seq_len if decode_context is None else decode_context)
     with torch.device("meta"):
         model = build_model(cfg)
-    traced = fvcore_flops(model, seq_len)
-    analytic = analytic_flops(cfg, seq_len)
-    params = count_params(model)
     s = cfg.spec
+    traced = fvcore_flops(model, seq_len) if s.unrolled_depth <= FVCORE_MAX_DEPTH else None
+    analytic = analytic_flops(cfg, seq_len)
+    forward = traced["total"] if traced else analytic["total"]
+    params = count_params(model)
     return dict(
         spec=str(s), family=s.family, seq_len=seq_len,
         params_total=params["total"], params_non_embedding=params["non_embedding"],
         params_unrolled=params["unrolled"],
-        flops_forward=traced["total"], flops_forward_analytic=analytic["total"],
+        flops_forward=forward, flops_forward_analytic=analytic["total"],
+        flops_traced=traced is not None,
         flops_forward_causal=analytic_flops(cfg, seq_len, causal=True)["total"],
-        flops_per_token_train=3 * traced["total"] / seq_len,
+        flops_per_token_train=3 * forward / seq_len,
         recurrence_ratio=s.recurrence_ratio, unrolled_depth=s.unrolled_depth,
         breakdown=dict(analytic=analytic, fvcore=traced),
-        decode=decode_cost(cfg, seq_len if decode_context is None else decode_context),
+        decode=decode,
     )

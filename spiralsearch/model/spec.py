@@ -8,14 +8,23 @@
 A resolution is `1` or `1/g` (chunk size g >= 1), optionally `@w` for a chunk offset
 0 <= w < g. `x` and `×` are both accepted, as are spaces anywhere between tokens.
 `str(spec)` gives the canonical text, and `parse_spec(str(spec)) == spec`.
+
+Sizes are bounded before anything is built (spiralsearch/limits.py): at most 512 layers per
+block, 256 iterations, chunks of 65,536 tokens and an lcm of the chunk sizes (the decode
+period) of 65,536, so `2+1000000000x{1}+2` is refused at once, naming the position.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from spiralsearch.limits import LIMITS, at_most, too_large
+
 __all__ = ["Iteration", "Spec", "SpecError", "parse_spec"]
+
+DIGITS = "0123456789"
 
 
 class SpecError(ValueError):
@@ -23,7 +32,8 @@ class SpecError(ValueError):
 
     def __init__(self, text: str, pos: int, expected: str):
         self.text, self.pos, self.expected = text, pos, expected
-        super().__init__(f"bad spec {text!r} at position {pos}: {expected}")
+        shown = repr(text) if len(text) <= 80 else f"{text[:60]!r}... ({len(text)} chars)"
+        super().__init__(f"bad spec {shown} at position {pos}: {expected}")
 
 
 class Iteration(NamedTuple):
@@ -65,6 +75,9 @@ class Spec:
             object.__setattr__(self, "n_post", 0)
         if self.n_pre + self.n_loop + self.n_post == 0:
             raise ValueError("a model needs at least one layer")
+        problem = bound_problem(self.n_pre, self.n_loop, self.n_post, its)
+        if problem:
+            raise ValueError(problem)
 
     @property
     def T(self) -> int:
@@ -102,6 +115,24 @@ class Spec:
         return f"{self.n_pre}+{self.n_loop}x{{{its}}}+{self.n_post}"
 
 
+def bound_problem(n_pre: int, n_loop: int, n_post: int,
+                  iterations: tuple[Iteration, ...]) -> str | None:
+    """Why a layout is past spiralsearch/limits.py's bounds (layers per block, iterations,
+    chunk size, the lcm of the chunk sizes), or None when it is within them."""
+    for n, block in ((n_pre, "pre-block"), (n_loop, "shared-core"), (n_post, "post-block")):
+        if not at_most("layers", n):
+            return too_large("layers", n, f"{block} layer count")
+    if not at_most("iterations", len(iterations)):
+        return too_large("iterations", len(iterations), "loop iteration count")
+    for g, _ in iterations:
+        if not at_most("chunk", g):
+            return too_large("chunk", g, "chunk size")
+    period = math.lcm(*(g for g, _ in iterations))
+    if not at_most("period", period):
+        return too_large("period", period, "lcm of the chunk sizes")
+    return None
+
+
 class _Parser:
     """Recursive descent over the spec grammar; every error names the position."""
 
@@ -133,12 +164,23 @@ class _Parser:
     def integer(self, expected: str) -> int:
         self.skip_ws()
         start = self.i
-        while self.i < len(self.text) and self.text[self.i].isdigit():
+        while self.i < len(self.text) and self.text[self.i] in DIGITS:  # not '²' or '٣'
             self.i += 1
         if start == self.i:
             c = self.text[start] if start < len(self.text) else ""
             raise self.fail(expected + (f", got {c!r}" if c else ", got end of spec"), start)
+        digits = self.i - start
+        if not at_most("spec_digits", digits):  # before int(): Python refuses 4300+ digits
+            raise self.fail(f"a number of {digits} digits; every count is at most "
+                            f"{LIMITS['spec_digits'].bound} digits (spiralsearch/limits.py)",
+                            start)
         return int(self.text[start : self.i])
+
+    def bounded(self, key: str, value: int, what: str, pos: int) -> int:
+        """value, or a SpecError at pos when it is past LIMITS[key]."""
+        if not at_most(key, value):
+            raise self.fail(too_large(key, value, what), pos)
+        return value
 
     def iteration(self) -> Iteration:
         start = self.pos()
@@ -152,6 +194,7 @@ class _Parser:
             chunk = self.integer("expected a chunk size g after '1/'")
             if chunk < 1:
                 raise self.fail("chunk size must be >= 1", gpos)
+            self.bounded("chunk", chunk, "chunk size", gpos)
         offset = 0
         if self.peek() == "@":
             self.i += 1
@@ -164,25 +207,35 @@ class _Parser:
     def parse(self) -> Spec:
         if not self.text.strip():
             raise self.fail("expected a layer count, got an empty spec")
-        n_pre = self.integer("expected a layer count")
+        n_pre = self.bounded("layers", self.integer("expected a layer count"),
+                             "layer count", 0)
         if self.peek() == "":
             if n_pre == 0:
                 raise self.fail("a model needs at least one layer", 0)
             return Spec(n_pre)
         self.eat("+", "expected '+' after the pre-block layer count")
         loop_pos = self.pos()
-        n_loop = self.integer("expected the shared-core layer count")
+        n_loop = self.bounded("layers", self.integer("expected the shared-core layer count"),
+                              "shared-core layer count", loop_pos)
         self.eat("x×", "expected 'x' or '×' after the shared-core layer count")
         self.eat("{", "expected '{' to open the resolution list")
         iterations: list[Iteration] = []
-        if self.peek() != "}":
-            iterations.append(self.iteration())
-            while self.peek() == ",":
+        period = 1  # lcm of the chunk sizes so far: the decode period
+        while self.peek() != "}" or iterations:
+            if iterations:
+                if self.peek() != ",":
+                    break
                 self.i += 1
-                iterations.append(self.iteration())
+            start = self.pos()
+            self.bounded("iterations", len(iterations) + 1, "loop iteration count", start)
+            iterations.append(self.iteration())
+            period = self.bounded("period", math.lcm(period, iterations[-1].chunk),
+                                  "lcm of the chunk sizes", start)
         self.eat("}", "expected ',' or '}' after a resolution")
         self.eat("+", "expected '+' before the post-block layer count")
-        n_post = self.integer("expected the post-block layer count")
+        post_pos = self.pos()
+        n_post = self.bounded("layers", self.integer("expected the post-block layer count"),
+                              "post-block layer count", post_pos)
         if self.peek():
             raise self.fail(f"unexpected {self.peek()!r} after the end of the spec")
         if n_loop == 0 and iterations:
@@ -192,6 +245,8 @@ class _Parser:
                             loop_pos)
         if n_pre + n_loop + n_post == 0:
             raise self.fail("a model needs at least one layer", 0)
+        if n_loop == 0:  # a plain model keeps all its layers in one block
+            self.bounded("layers", n_pre + n_post, "plain layer count (pre + post)", 0)
         return Spec(n_pre, n_loop, n_post, tuple(iterations))
 
 

@@ -54,7 +54,7 @@ def _entry(space: SearchSpace, cfg: ModelConfig, budget: Budget, size: int | Non
     refused. A size no width can reach is the space's error, not a trial's: SpaceError."""
     entry = dict(budget=budget.value, size=size, status="ok", steps=None, tokens=None,
                  train_flops=None, params_non_embedding=None, d_model=cfg.d_model,
-                 d_mlp=cfg.d_mlp, size_target=None, params_sized=None, reason=None)
+                 d_mlp=cfg.d_mlp, size_target=None, params_sized=None, reason=None, note=None)
     if size is not None:
         try:
             target = targets(cfg, space.sizes, budget, seq_len)[size]
@@ -67,7 +67,7 @@ def _entry(space: SearchSpace, cfg: ModelConfig, budget: Budget, size: int | Non
         p = plan(cfg, budget, batch_size=bs, seq_len=seq_len)
         entry.update(steps=p.steps, tokens=p.tokens, train_flops=p.train_flops,
                      params_non_embedding=p.params_non_embedding, d_model=p.model.d_model,
-                     d_mlp=p.model.d_mlp)
+                     d_mlp=p.model.d_mlp, note=p.note)  # note: where budget.snap moved it
     except BudgetError as e:
         entry.update(status="rejected", reason=str(e))
     return entry
@@ -79,7 +79,8 @@ def check_candidates(space: SearchSpace) -> list[dict]:
     spec, family, model (options), seq_len, batch_size, vocab_size, params_non_embedding,
     flops_per_token (training FLOPs per token) and budgets, a list of
     {budget, size, status ('ok' | 'rejected'), steps, tokens, train_flops,
-    params_non_embedding, d_model, d_mlp, size_target, params_sized, reason}: one entry per
+    params_non_embedding, d_model, d_mlp, size_target, params_sized, reason, note (where
+    budget.snap moved the budget, else None)}: one entry per
     budget value, or with a size axis one per (budget value, size index), the size's width
     solved (size_target and params_sized in the axis's measure). A refused candidate is a
     row (the sweep records it as rejected); a budget value that refuses every candidate of

@@ -32,6 +32,7 @@ import optuna
 
 from spiralsearch.config import Budget, Config, DataConfig, OptimConfig, TrialConfig
 from spiralsearch.fields import FieldSpec, check_keys, check_value, opt
+from spiralsearch.limits import within
 from spiralsearch.model.spec import parse_spec
 from spiralsearch.search.sizes import SizeAxis, sized_model, targets
 from spiralsearch.search.validate import (
@@ -69,7 +70,7 @@ class SearchSettings(Config):
     group_by: Any = opt("family", "what competes: family, spec, none (all together), an "
                         "option key with discrete values (model.topology), or a list of "
                         "named groups ({name: NAME, KEY: value, ...})")
-    seed: int = opt(0, "sampler seed")
+    seed: int = opt(0, "sampler seed", **within("seed", 0))
     max_concurrent: int | None = opt(None, "trials at once (null: as resources allow)",
                                      check=lambda v: v >= 1, what=">= 1")
     grace_evals: int = opt(2, "evaluations before ASHA may stop a trial",
@@ -258,7 +259,31 @@ _TEXT = FieldSpec(str, False)
 
 
 def parse_space(text: str, source: str = "<string>") -> SearchSpace:
-    """Validate a search space given as YAML text; SpaceError on any problem."""
+    """Validate a search space given as YAML text; SpaceError on any problem, whose message
+    starts with the key path and, for a key's problem, ends by pointing to the reference
+    (`spiralsearch keys SECTION.`, docs/yaml.md)."""
+    try:
+        return _parse_space(text, source)
+    except SpaceError as e:
+        text = str(e)  # about the file itself (YAML syntax, not a mapping): no key to point to
+        raise SpaceError(text if text.startswith(f"{source}:") else with_reference(text)) \
+            from None
+
+
+def with_reference(message: str) -> str:
+    """A validation message that starts with a key path ("model.d_model: ...", "trian:
+    unknown key; ...") with a pointer to that section's reference appended."""
+    path = message.split(": ", 1)[0]
+    root = re.split(r"[.\[]", path, maxsplit=1)[0]
+    if not re.fullmatch(r"[\w.\[\]-]+", path) or (root not in SECTIONS
+                                                  and "unknown key" not in message):
+        return message  # a YAML syntax error (file:line:col) or a file that cannot be read
+    prefix = root if root in ("name", "description") else f"{root}." if root in SECTIONS \
+        else ""
+    return f"{message} (see `spiralsearch keys{' ' + prefix if prefix else ''}` or docs/yaml.md)"
+
+
+def _parse_space(text: str, source: str) -> SearchSpace:
     doc = read_yaml(text, source)
     check_keys("", doc, SECTIONS, required=("name", "model", "budget"))
     name = check_value("name", doc["name"], _TEXT)

@@ -52,12 +52,18 @@ class _Loader(yaml.SafeLoader):
     (PyYAML silently keeps the last)."""
 
     def construct_mapping(self, node, deep=False):
+        if not isinstance(node, yaml.MappingNode):  # `!!set 0`: PyYAML's own error
+            return super().construct_mapping(node, deep)
         seen = set()
         for k, _ in node.value:  # before merges (`<<`), whose keys may be overridden
-            if isinstance(k, yaml.ScalarNode) and k.value in seen:
+            if not isinstance(k, yaml.ScalarNode):  # a list or mapping as a key
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a key must be a plain value, not a list or mapping",
+                    k.start_mark)
+            if k.value in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {k.value!r}", k.start_mark)
-            seen.add(getattr(k, "value", None))
+            seen.add(k.value)
         return super().construct_mapping(node, deep)
 
 
@@ -223,12 +229,16 @@ def _check_builds(model: dict) -> None:
             raise SpaceError(f"model: {what or 'the fixed options'}: {e}") from None
 
 
+BUDGET_KEYS = ("kind", "values", "value", "tokens", "snap")
+
+
 def check_budget(raw: Any) -> tuple[Budget, ...]:
-    """The budget section: `kind`, `values` (or one `value`) and, for params, `tokens`; one
-    Budget per value."""
-    d = check_keys("budget", raw, ("kind", "values", "value", "tokens"), required=("kind",))
+    """The budget section: `kind`, `values` (or one `value`), for params `tokens`, and
+    `snap`; one Budget per value."""
+    d = check_keys("budget", raw, BUDGET_KEYS, required=("kind",))
     specs = field_specs(Budget)
     kind = check_value("budget.kind", d["kind"], specs["kind"])
+    snap = check_value("budget.snap", d.get("snap", False), specs["snap"])
     if ("values" in d) == ("value" in d):
         raise SpaceError("budget.values: give either values (a list of positive numbers) "
                          "or a single value")
@@ -248,7 +258,7 @@ def check_budget(raw: Any) -> tuple[Budget, ...]:
             raise SpaceError("budget.tokens: required with kind: params (training tokens per "
                              "trial)")
         tokens = check_value("budget.tokens", d["tokens"], specs["tokens"])
-    return tuple(Budget(kind, v, tokens) for v in values)
+    return tuple(Budget(kind, v, tokens, snap) for v in values)
 
 
 # --- search.group_by --------------------------------------------------------------------------

@@ -7,7 +7,12 @@
   `tokens` (a second number the budget carries).
 
 Every plan records target and achieved budget; one whose achieved budget misses its target by
-more than 1% (or that gives less than one step) is refused with a `BudgetError`.
+more than 1% (or that gives less than one step) is refused with a `BudgetError`, unless the
+budget is snapped (`budget.snap: true`, `train --snap`): then it runs the nearest whole
+number of steps, whatever the miss, and `Plan.note` says where the budget moved. The
+budget's `value` stays the target (trials of one budget stay one cell); `achieved` is what
+the steps spend. Plans past the bounds of spiralsearch/limits.py (steps, tokens per step)
+are refused too.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from spiralsearch.config import BUDGET_KINDS, Budget, BudgetError
+from spiralsearch.limits import LIMITS, at_most, too_large
 from spiralsearch.model.config import ModelConfig
 from spiralsearch.model.counting import analytic_flops, count_params
 from spiralsearch.model.transformer import build_model
@@ -64,6 +70,17 @@ class Plan:
         return self.steps * self.tokens_per_step
 
     @property
+    def note(self) -> str | None:
+        """Where a snapped budget moved (one line), or None when it was not snapped or its
+        whole steps hit it within 0.01%."""
+        miss = self.achieved / self.target - 1
+        if not self.budget.snap or abs(miss) < 1e-4:
+            return None
+        return (f"{self.kind} budget {self.target:.4g} snapped to {self.achieved:.4g} "
+                f"({miss:+.1%}): {self.steps:,} whole steps of {self.tokens_per_step:,} tokens "
+                f"for spec {self.model.spec}")
+
+    @property
     def train_flops(self) -> float:
         return self.tokens * self.flops_per_token
 
@@ -103,7 +120,7 @@ def widths(cfg: ModelConfig, n: int) -> ModelConfig:
     return cfg.replace(d_model=n * cfg.n_heads)
 
 
-MAX_D_MODEL = 1 << 16
+MAX_D_MODEL = LIMITS["d_model"].bound
 
 
 def solve_width(cfg: ModelConfig, target: float, measure: str = "non_embedding") -> ModelConfig:
@@ -141,12 +158,16 @@ def solve_width(cfg: ModelConfig, target: float, measure: str = "non_embedding")
 
 def plan(cfg: ModelConfig, budget: Budget, *, batch_size: int, seq_len: int) -> Plan:
     """Steps that spend `budget` on `cfg` at batch_size x seq_len tokens per step.
-    Raises BudgetError if it gives less than one step or misses the target by over 1%."""
+    Raises BudgetError if it gives less than one step, misses the target by over 1% (unless
+    the budget is snapped), or runs past the bounds on steps and tokens per step."""
     if batch_size < 1 or seq_len < 1:
         raise BudgetError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
+    tokens_per_step = batch_size * seq_len
+    if not at_most("tokens_per_step", tokens_per_step):
+        raise BudgetError(too_large("tokens_per_step", tokens_per_step,
+                                    f"batch_size {batch_size} x seq_len {seq_len} ="))
     if budget.kind == "params":
         cfg = solve_width(cfg, budget.value)
-    tokens_per_step = batch_size * seq_len
     fpt = train_flops_per_token(cfg, seq_len)
     n_params = non_embedding_params(cfg)
     if budget.kind == "flops":
@@ -154,20 +175,28 @@ def plan(cfg: ModelConfig, budget: Budget, *, batch_size: int, seq_len: int) -> 
     else:
         tokens = budget.value if budget.kind == "tokens" else budget.tokens
         exact_steps, unit = tokens / tokens_per_step, "tokens"
+    if not at_most("steps", exact_steps):  # before round(): a float, maybe huge
+        raise BudgetError(too_large("steps", float(exact_steps), f"{budget.kind} budget "
+                                    f"{budget.value:.4g} for spec {cfg.spec} at "
+                                    f"{tokens_per_step} tokens a step: steps"))
     steps = round(exact_steps)
     if steps < 1:
         raise BudgetError(f"{budget.kind} budget {budget.value:.4g} gives {exact_steps:.3g} "
                           f"steps of {tokens_per_step} tokens for spec {cfg.spec}: less than "
-                          f"one step; raise the budget or shrink batch_size x seq_len")
+                          f"{'half a' if budget.snap else 'one'} step; raise the budget or "
+                          f"shrink batch_size x seq_len")
     p = Plan(budget, steps, tokens_per_step, fpt, n_params, cfg)
+    if budget.snap:
+        return p
+    snap = "or snap it to whole steps (budget.snap: true; train --snap)"
     if budget.kind == "params":
         length_miss = abs(steps / exact_steps - 1)
         if length_miss > TOLERANCE:
             raise BudgetError(f"budget tokens {budget.tokens:.4g} gives {exact_steps:.3g} "
-                              f"steps, {length_miss:.1%} off a whole step; allowed ±1%")
+                              f"steps, {length_miss:.1%} off a whole step; allowed ±1%: {snap}")
     if abs(p.achieved / p.target - 1) > TOLERANCE:
         raise BudgetError(f"{budget.kind} budget {p.target:.4g} for spec {cfg.spec}: whole "
                           f"steps of {tokens_per_step} tokens give {p.achieved:.4g} {unit} "
-                          f"({p.achieved / p.target - 1:+.1%}); allowed ±1%: raise the budget "
-                          f"or shrink batch_size x seq_len")
+                          f"({p.achieved / p.target - 1:+.1%}); allowed ±1%: raise the budget, "
+                          f"shrink batch_size x seq_len, {snap}")
     return p

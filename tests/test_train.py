@@ -1,5 +1,7 @@
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -200,3 +202,15 @@ def test_compile_option_picks_the_forward():
     assert wrapped is not model and wrapped._orig_mod is model
     with pytest.raises(ConfigError, match="train.compile: 'yes' is not one of auto, on, off"):
         small(compile="yes")
+
+
+def test_the_training_path_imports_only_torch_numpy_and_yaml():
+    """A GPU box may have only torch: model, data and training import nothing heavier than
+    torch, numpy and pyyaml (fvcore, pandas, duckdb, ray... only where they are used)."""
+    heavy = ("fvcore", "pandas", "duckdb", "ray", "optuna", "plotly", "scipy", "sklearn")
+    code = ("import sys; import spiralsearch.training.loop, spiralsearch.model, "
+            "spiralsearch.data.dataset, spiralsearch.config; "
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert run.stdout.strip() == "[]"

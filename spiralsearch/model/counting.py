@@ -31,15 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from fvcore.nn.jit_analysis import JitModelAnalysis
-from fvcore.nn.jit_handles import (
-    addmm_flop_jit,
-    bmm_flop_jit,
-    einsum_flop_jit,
-    get_shape,
-    linear_flop_jit,
-    matmul_flop_jit,
-)
 
 from spiralsearch.limits import at_most, too_large
 from spiralsearch.model.config import ModelConfig
@@ -52,6 +43,8 @@ __all__ = ["analytic_flops", "count_params", "decode_cost", "decode_flops", "des
 
 def _sdpa_macs(inputs: list, outputs: list) -> Counter:
     """fvcore handle for aten::scaled_dot_product_attention: QK^T and AV, full matrices."""
+    from fvcore.nn.jit_handles import get_shape
+
     q, k, v = (get_shape(x) for x in inputs[:3])
     *batch, lq, dk = q
     lk, dv = k[-2], v[-1]
@@ -61,14 +54,15 @@ def _sdpa_macs(inputs: list, outputs: list) -> Counter:
     return Counter({"scaled_dot_product_attention": n * lq * lk * (dk + dv)})
 
 
-_MATMUL_HANDLES = {
-    "aten::addmm": addmm_flop_jit,
-    "aten::bmm": bmm_flop_jit,
-    "aten::einsum": einsum_flop_jit,
-    "aten::linear": linear_flop_jit,
-    "aten::matmul": matmul_flop_jit,
-    "aten::scaled_dot_product_attention": _sdpa_macs,
-}
+def _matmul_handles() -> dict:
+    """fvcore's handles for the matmul-like ops, ours for SDPA. fvcore is imported here, not
+    at module level: training imports this module and must run where only torch is."""
+    from fvcore.nn import jit_handles as h
+
+    return {"aten::addmm": h.addmm_flop_jit, "aten::bmm": h.bmm_flop_jit,
+            "aten::einsum": h.einsum_flop_jit, "aten::linear": h.linear_flop_jit,
+            "aten::matmul": h.matmul_flop_jit,
+            "aten::scaled_dot_product_attention": _sdpa_macs}
 
 
 def fvcore_flops(model: SpiralFormer, seq_len: int) -> dict[str, int]:
@@ -80,7 +74,9 @@ def fvcore_flops(model: SpiralFormer, seq_len: int) -> dict[str, int]:
         idx = torch.zeros(1, seq_len, dtype=torch.long)
     # Only matmul-like ops get a handle: fvcore's default FlopCountAnalysis also counts
     # norms, which docs/design.md §2 leaves out. Its handles count multiply-adds.
-    fca = JitModelAnalysis(meta, idx).set_op_handle(**_MATMUL_HANDLES)
+    from fvcore.nn.jit_analysis import JitModelAnalysis
+
+    fca = JitModelAnalysis(meta, idx).set_op_handle(**_matmul_handles())
     fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     by_module = fca.by_module()
     macs = {

@@ -393,3 +393,19 @@ def test_test_split_is_disjoint_and_seeded_apart_from_training(tmp_path):
     np.save(tmp_path / "t.npy", ids)
     tok = load_dataset(f"tokens:{tmp_path / 't.npy'}", val_fraction=0.1, test_fraction=0.2)
     assert np.array_equal(tok.test, ids[800:]) and np.array_equal(tok.val, ids[700:800])
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("tokens:data/t.bin:vocab=300,dtype=uint16",
+     "tokens:/runs/here/data/t.bin:vocab=300,dtype=uint16"),
+    ("text:notes/*.txt", "text:/runs/here/notes/*.txt"),
+    ("text:/abs/a.txt", "text:/abs/a.txt"),
+    ("text:~/a.txt", "text:~/a.txt"),
+    ("corpus:sotu", "corpus:sotu"),
+    ("synthetic:dyck:depth=4", "synthetic:dyck:depth=4"),
+])
+def test_relative_paths_are_anchored_to_the_drivers_folder(source, expected):
+    from spiralsearch.data.sources import anchored, parse_source
+
+    assert anchored(source, "/runs/here") == expected
+    assert parse_source(anchored(source, "/runs/here")).options == parse_source(source).options

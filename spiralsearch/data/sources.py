@@ -19,7 +19,7 @@ import numpy as np
 from spiralsearch.data import synthetic
 from spiralsearch.data.cache import DataError, cache_root
 
-__all__ = ["Corpus", "DataError", "Source", "cache_root", "parse_source", "resolve",
+__all__ = ["Corpus", "DataError", "Source", "anchored", "cache_root", "parse_source", "resolve",
            "split_by_document", "split_documents", "typed_options"]
 
 KINDS = ("synthetic", "text", "tokens", "corpus")
@@ -64,6 +64,21 @@ def parse_source(source: str) -> Source:
             raise DataError(f"{source}: bad option {item!r} (expected name=value)")
         options[key.strip()] = value.strip()
     return Source(kind, name, options)
+
+
+def anchored(source: str, base: str | Path) -> str:
+    """`source` with a relative file path (text:, tokens:) made absolute against folder
+    `base`; other sources, and absolute or ~ paths, unchanged. A sweep's trials run in
+    Ray's own working folders, so the driver's folder is passed along and paths are anchored
+    where the trial runs; the trial's config (and identity) keeps the path as written."""
+    src = parse_source(source)
+    if src.kind not in ("text", "tokens"):
+        return source
+    path = Path(src.name)
+    if path.is_absolute() or src.name.startswith("~"):
+        return source
+    rest = source[len(src.kind) + 1 + len(src.name):]  # ":options", if any
+    return f"{src.kind}:{Path(base) / path}{rest}"
 
 
 def typed_options(source: str, options: dict[str, str], cls: type):

@@ -219,13 +219,19 @@ def _v6_imported(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE trials ADD COLUMN IF NOT EXISTS imported BOOLEAN")
 
 
+def _v7_failures(con: duckdb.DuckDBPyConnection) -> None:
+    """Sweeps that survive faults: what ended a failed trial, and how often it started."""
+    for name, sql in (("failure", "VARCHAR"), ("attempts", "BIGINT")):
+        con.execute(f"ALTER TABLE trials ADD COLUMN IF NOT EXISTS {name} {sql}")
+
+
 # MIGRATIONS[i] takes a file from schema version i to i + 1, inside the write transaction.
 # To change the schema, change spiralsearch.schema and append a function here that brings
 # older files to it (e.g. `ALTER TABLE ... ADD COLUMN IF NOT EXISTS`); never edit a
 # migration that has shipped. A test holds the migrated columns equal to the schema's.
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     _v1_create, _v2_summary_columns, _v3_groups_and_test_split, _v4_replicates, _v5_sizes,
-    _v6_imported]
+    _v6_imported, _v7_failures]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -471,6 +477,13 @@ class ResultsStore:
     def _read(self, sql: str, params: list) -> list[tuple]:
         with self._transaction() as con:
             return con.execute(sql, params).fetchall()
+
+    def sweep_yamls(self) -> dict[str, str | None]:
+        """Sweep name -> the YAML it last ran with, for every sweep recorded in the file;
+        {} when there is no file yet (nothing is created)."""
+        if not self.path.exists():
+            return {}
+        return dict(self._read("SELECT name, yaml FROM sweeps", []))
 
     def completed_trial_ids(self, sweep: str) -> set[str]:
         """trial_ids of `sweep` whose status is 'complete' (to skip them on a re-run)."""

@@ -7,6 +7,7 @@ failures.py, after search.max_failures retries), or interrupted (a signal to the
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import defaultdict
@@ -131,7 +132,7 @@ class StoreCallback(Callback):
             fields |= _so_far(r, self._best.get(r.get("config_hash"), math.nan))
         if "step" in r and r.get("status") != Status.RUNNING and not r.get("cached"):
             self._metrics[r["config_hash"]].append(pick(r, METRIC_KEYS))
-        for row in r.get("history") or []:  # all of a finished trial's evaluations
+        for row in json.loads(r.get("history") or "[]"):  # all of a finished trial's evaluations
             self._metrics[r["config_hash"]].append(pick(row, METRIC_KEYS))
         fields["error"] = self._history(trial, fields.get("error"))
         if status != Status.FAILED:

@@ -10,6 +10,7 @@ that search.keep_checkpoints does not keep once the sweep is done (checkpoints.p
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -109,10 +110,11 @@ def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dic
     s = result.summary
     last = result.metrics[-1] if result.metrics else {}
     # every evaluation again, restored ones included: a report that a kill or a Ctrl-C cut
-    # off before it reached the store lands now (metrics upsert by step: no duplicates)
+    # off before it reached the store lands now (metrics upsert by step: no duplicates). As
+    # JSON text: Ray's TensorBoard logger warns about a list, and skips text quietly.
     report(base | pick(last, METRIC_KEYS) | pick(s, SUMMARY_KEYS)
            | {OBJECTIVE: objective(space.search.metric, last, s["best_val_loss"]),
-              "history": result.metrics})
+              "history": json.dumps(result.metrics)})
     # `out` stays: selection is only known once the sweep is done (checkpoints.prune)
 
 

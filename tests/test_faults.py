@@ -417,3 +417,16 @@ def test_dry_run_prints_grid_estimate_and_warnings(tmp_path, capsys, cache):
     assert len(warnings) == 2, err
     assert "samples_per_budget: 2 is too few to search with tpe" in warnings[0]
     assert "data repeats: a trial of " in warnings[1] and "epochs of corpus:sotu" in warnings[1]
+
+
+def test_operational_edits_are_not_a_new_design():
+    """Edits that change neither which trials run nor what they compute continue a sweep."""
+    from spiralsearch.search.history import same_design
+
+    base = space_yaml("o")
+    assert same_design(base, base.replace("name: o", "name: other"))
+    assert same_design(base, base.replace("seed: 0}", "seed: 0, max_concurrent: 1, "
+                                          "max_failures: 3, keep_checkpoints: all}"))
+    assert same_design(base, base.replace("gpu: 0}", "gpu: 0, memory_gb: 2}"))
+    assert not same_design(base, base.replace("seed: 0}", "seed: 1}"))
+    assert not same_design(base, base.replace("cpu: 1", "cpu: 2"))  # threads change sums

@@ -5,7 +5,9 @@ a YAML whose content differs from what its name ran with would mix trials of two
 under one name, so it is refused with the difference shown, unless `--force-new` starts a
 new sweep name (NAME-2, NAME-3, ...). A YAML that one of those numbered sweeps ran resumes
 that sweep. Comments and layout are not content: the YAML documents are compared, less
-their `name`.
+what does not change which trials run or what they compute (OPERATIONAL: the name, the
+description, how many trials run at once, retries, which checkpoints are kept, the memory
+limit); an edit of those alone continues the sweep and records the new YAML.
 """
 
 from __future__ import annotations
@@ -27,19 +29,30 @@ class SweepChanged(ValueError):
     message's first line is the error; the lines after it are a short unified diff."""
 
 
+OPERATIONAL = {"": ("name", "description"),
+               "search": ("max_concurrent", "max_failures", "keep_checkpoints"),
+               "resources": ("memory_gb",)}
+
+
 def _content(text: str | None) -> object:
-    """A YAML's content less its name; the text itself if it does not parse."""
+    """A YAML's content less its OPERATIONAL keys; the text itself if it does not parse."""
     try:
         doc = yaml.safe_load(text or "")
     except yaml.YAMLError:
         return text
-    if isinstance(doc, dict):
-        doc.pop("name", None)
-    return doc
+    if not isinstance(doc, dict):
+        return doc
+    for section, keys in OPERATIONAL.items():
+        part = doc if not section else doc.get(section)
+        if isinstance(part, dict):
+            for k in keys:
+                part.pop(k, None)
+    return {k: v for k, v in doc.items() if v not in ({}, None)}
 
 
 def same_design(a: str | None, b: str | None) -> bool:
-    """Whether two search-space YAML texts say the same (comments, layout and name aside)."""
+    """Whether two search-space YAML texts ask for the same trials (comments, layout and
+    OPERATIONAL keys aside)."""
     return _content(a) == _content(b)
 
 

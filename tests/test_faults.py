@@ -215,7 +215,7 @@ def _wait_for(db: Path, sql: str, timeout: float = 240) -> set:
     """Poll the results file (a reader while the driver writes) until `sql` returns rows."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        time.sleep(0.5)
+        time.sleep(0.25)
         if db.exists():
             rows = query(db, sql)
             if len(rows):
@@ -229,18 +229,19 @@ def _rerun(space: Path, db: Path, tmp_path: Path) -> subprocess.CompletedProcess
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
-def _long_space(tmp_path: Path, name: str, searched: bool) -> Path:
-    """160 steps a trial with an evaluation every 20: long enough to be cut off. Searched:
-    2 groups x 2 lr samples, 2 at once; fixed: the 2 groups' trials one after the other."""
+def _long_space(tmp_path: Path, name: str, searched: bool, tokens: int | None = None) -> Path:
+    """8 evaluations a trial, long enough to be cut off. Searched: 2 groups x 2 lr samples
+    of 160 steps, 2 at once; fixed: the 2 groups' trials of 320 steps one after the other."""
+    tokens = tokens or (20480 if searched else 40960)
     return _write(tmp_path, name, space_yaml(
-        name, lr=SEARCHED if searched else "3.0e-3", evals=8, budgets="[20480]",
+        name, lr=SEARCHED if searched else "3.0e-3", evals=8, budgets=f"[{tokens}]",
         search=f"sampler: tpe, scheduler: none, samples_per_budget: {2 if searched else 1}, "
         f"seed: 0, max_concurrent: {2 if searched else 1}"))
 
 
-# one trial complete while another, stored running, has evaluated (so it has a checkpoint)
+# one trial complete while another is stored running
 DONE_AND_CUT = ("SELECT trial_id FROM trials WHERE status = 'complete' AND EXISTS (SELECT 1 "
-                "FROM trials r JOIN metrics m USING (trial_id) WHERE r.status = 'running')")
+                "FROM trials WHERE status = 'running')")
 
 
 def _assert_resumed(db: Path, finished: set, cut: set, n: int, rerun) -> None:
@@ -283,20 +284,23 @@ def test_ctrl_c_marks_running_trials_interrupted_and_a_rerun_resumes(tmp_path):
     the trials have evaluated: exit 130, the running trials are `interrupted` with their
     last metrics, the sweep is stamped interrupted, the message says how to resume (not
     Ray's Tuner.restore), no traceback; the re-run completes them."""
-    space, db = _long_space(tmp_path, "i", searched=False), tmp_path / "i.duckdb"
+    # 640 steps: a trial has evaluated, and is still far from done, when the signal lands
+    space, db = _long_space(tmp_path, "i", searched=False, tokens=81920), tmp_path / "i.duckdb"
     driver = _start(space, db, tmp_path)
     try:
-        _wait_for(db, "SELECT trial_id FROM metrics GROUP BY trial_id HAVING count(*) >= 2")
+        _wait_for(db, "SELECT trial_id FROM trials JOIN metrics USING (trial_id) "
+                      "WHERE status = 'running'")
     finally:
         os.killpg(driver.pid, signal.SIGINT)
     out, err = driver.communicate(timeout=120)
+    assert _group_gone(driver.pid), "the driver's Ray outlived it"
     assert driver.returncode == 130, err[-3000:]
     assert "interrupted by SIGINT" in err and "run the same command again" in err
     assert "Tuner.restore" not in out + err and "Traceback" not in out + err
     trials = load(db)
     assert "running" not in set(trials["status"]) and "interrupted" in set(trials["status"])
     cut = trials[trials["status"] == "interrupted"]
-    assert (cut["steps"] >= 20).all() and cut["final_val_loss"].notna().all()
+    assert (cut["steps"] >= 80).all() and cut["final_val_loss"].notna().all()
     assert cut["error"].str.startswith("interrupted by SIGINT at step").all()
     assert load(db, "sweeps")["status"].tolist() == ["interrupted"]
     _assert_resumed(db, set(), set(cut["trial_id"]), 2, _rerun(space, db, tmp_path))
@@ -304,6 +308,8 @@ def test_ctrl_c_marks_running_trials_interrupted_and_a_rerun_resumes(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_exits_143_with_the_store_consistent(tmp_path):
+    """SIGTERM to the driver alone (as a job scheduler sends it): exit 143, nothing left
+    `running`, the sweep stamped interrupted, and the driver takes its Ray down with it."""
     space, db = _long_space(tmp_path, "t", searched=True), tmp_path / "t.duckdb"
     driver = _start(space, db, tmp_path)
     try:
@@ -315,15 +321,21 @@ def test_sigterm_exits_143_with_the_store_consistent(tmp_path):
     assert "interrupted by SIGTERM" in err and "Traceback" not in out + err
     assert "running" not in set(load(db)["status"])
     assert load(db, "sweeps")["status"].tolist() == ["interrupted"]
-    os.killpg(driver.pid, signal.SIGKILL) if _alive(driver.pid) else None
+    assert _group_gone(driver.pid), "the driver's Ray outlived it"
 
 
-def _alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+def _group_gone(pgid: int, timeout: float = 15) -> bool:
+    """Whether every process of a process group has exited (within `timeout` seconds);
+    kills what is left either way, so no test leaves a Ray behind."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.5)
+    os.killpg(pgid, signal.SIGKILL)
+    return False
 
 
 # --- which sweep a run continues --------------------------------------------------------------

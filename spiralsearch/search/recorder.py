@@ -91,7 +91,7 @@ class StoreCallback(Callback):
         self._trials.append(self._row(trial, status=Status.RUNNING.value,
                                       error=self._history(trial, None)))
         self._view(trial, "running")
-        self._flush()
+        self._flush(force=True)  # readers see what runs; a killed driver leaves it `running`
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get("status") == Status.RUNNING and "step" in result:

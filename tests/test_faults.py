@@ -101,7 +101,7 @@ def test_progress_without_a_terminal_prints_lines_and_heartbeats():
     beat = "sweep plain: 0/2 trials done, 1 running; 500M/2G FLOPs; elapsed"
     assert lines[0].startswith(beat) and "ETA" in lines[0]
     assert lines[1] == ("trial abcdef012345 group plain budget 1.02e+03 size -: complete, "
-                        "val loss 3.2500, 7 s")
+                        "val loss 3.2500, 7.0 s")
     assert view.flops() == 1e9 and view.done_trials() == 1
 
 

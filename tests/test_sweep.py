@@ -130,6 +130,14 @@ def test_sweep_joins_a_running_ray_cluster(tmp_path, monkeypatch):
         assert run.returncode == 0, run.stderr[-3000:]
         assert "2 complete" in run.stdout
         assert sorted(load(db)["status"]) == ["complete", "complete"]
+        # --dry-run checks one trial's resources against that cluster (it has no GPUs)
+        greedy = tmp_path / "greedy.yaml"
+        greedy.write_text(space_text("greedy").replace("gpu: 0", "gpu: 1"))
+        dry = subprocess.run([str(bin_dir / "spiralsearch"), "sweep", str(greedy), "--dry-run",
+                              "--address", f"127.0.0.1:{port}"],
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert dry.returncode == 2 and len(dry.stderr.strip().splitlines()) == 1, dry.stderr
+        assert f"asks 1 GPUs but the Ray cluster at 127.0.0.1:{port} has 0" in dry.stderr
     finally:  # stop this cluster only (`ray stop` would stop every Ray on the machine)
         for p in psutil.process_iter(["cmdline"]):
             if any(temp in part for part in (p.info["cmdline"] or [])):

@@ -30,7 +30,8 @@ def _quiet() -> None:
     tune_log = logging.getLogger("ray.tune")
     tune_log.setLevel(logging.WARNING)
     if not any(isinstance(f, _TrialNotes) for f in tune_log.filters):
-        for name in ("ray.tune", "ray.tune.tune", "ray.tune.execution.tune_controller"):
+        for name in ("ray.tune", "ray.tune.tune", "ray.tune.execution.tune_controller",
+                     "ray.tune.search.optuna.optuna_search"):
             logging.getLogger(name).addFilter(_TrialNotes())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # a trial that Ray retried reports its first steps again; Optuna keeps the first ones
@@ -39,10 +40,13 @@ def _quiet() -> None:
 
 
 class _TrialNotes(logging.Filter):
-    """Drops Ray Tune's log records about trials that failed or did not finish: each one
-    is a row of the store, with its reason."""
+    """Drops Ray Tune's log records about trials that failed or did not finish (each one
+    is a row of the store, with its reason) and about a grid that is done."""
 
-    NOTES = ("Trials did not complete", "Trial task failed", "Stop signal received")
+    NOTES = ("Trials did not complete", "Trial task failed", "Stop signal received",
+             # Optuna's grid sampler stops its study when the grid is done; under Ray's
+             # ask-and-tell that raises, and Ray logs it
+             "Study.stop` is supposed to be invoked")
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = str(record.msg)

@@ -137,6 +137,9 @@ class GroupedSearch(Searcher):
             return
         g, sub_id, params = self.owner.pop(trial_id)
         searcher = self.searchers[g]
+        value = (result or {}).get(self.metric)
+        if value is None or value != value:  # failed, refused or diverged: no value (NaN)
+            result, error = None, True  # Optuna records a failed trial, not a NaN value
         if sub_id is not None:
             searcher.on_trial_complete(sub_id, result, error)
         elif result and not error:  # a resumed trial: its searcher never proposed it

@@ -107,9 +107,11 @@ class LiveView:
 
     def update(self, group: Group, tid: str | None, status: str, loss: float | None = None,
                replicate: int = 0, *, seconds: float | None = None,
-               flops: float | None = None, before: bool = False) -> None:
+               flops: float | None = None, before: bool = False,
+               failure: str | None = None) -> None:
         """A trial started (status 'running') or ended. `flops`: training FLOPs it ran;
-        `before`: it finished in an earlier run of the sweep."""
+        `before`: it finished in an earlier run of the sweep; `failure`: what ended a
+        failed one."""
         key = (group.budget.value, group.label)
         tid_key = tid or f"?{len(self.status[key]) + len(self.replicas[key])}"
         (self.replicas if replicate else self.status)[key][tid_key] = status
@@ -126,7 +128,8 @@ class LiveView:
                 else:
                     self.flops_done += flops
             if self.mode == "plain" and not before and status != "interrupted":
-                self._line(group, tid_key, status, loss, seconds, replicate)
+                shown = f"{status} ({failure})" if failure else status
+                self._line(group, tid_key, shown, loss, seconds, replicate)
         self._draw(force=True)
 
     def step(self, tid: str, step: int, steps: int | None, flops: float | None) -> None:
@@ -184,7 +187,8 @@ class LiveView:
               seconds: float | None, replicate: int) -> None:
         size = "-" if group.size is None else f"{group.size + 1}/{self.space.sizes.count}"
         loss_s = "-" if loss is None or not math.isfinite(loss) else f"{loss:.4f}"
-        secs = "-" if seconds is None or not math.isfinite(seconds) else f"{seconds:.0f} s"
+        secs = ("-" if seconds is None or not math.isfinite(seconds)
+                else f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s")
         rep = f" replicate {replicate}" if replicate else ""
         self._print(f"trial {tid[:12]} group {group.name} budget {group.budget.value:.3g} "
                     f"size {size}{rep}: {status}, val loss {loss_s}, {secs}")

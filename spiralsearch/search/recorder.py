@@ -139,7 +139,7 @@ class StoreCallback(Callback):
             fields["failure"] = None
         self._trials.append(self._row(trial, **(fields | dict(status=status))))
         self._view(trial, status, r.get("final_val_loss"), seconds=r.get("wall_seconds"),
-                   flops=r.get("train_flops"))
+                   flops=r.get("train_flops"), failure=fields.get("failure"))
         self._flush(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -153,7 +153,7 @@ class StoreCallback(Callback):
         self._trials.append(self._row(trial, status=Status.FAILED.value, failure=failure,
                                       attempts=_attempts(trial, ended=True),
                                       error=self._history(trial, reason)))
-        self._view(trial, "failed")
+        self._view(trial, "failed", failure=failure)
         self._flush(force=True)
 
     def interrupt(self) -> int:

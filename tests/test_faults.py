@@ -35,7 +35,10 @@ The actor is dead because its worker process has died. Worker exit type: SYSTEM_
 exit detail: Worker unexpectedly exits with a connection error code 2. End of file. Some \
 common causes include: (1) the process was killed by the OOM killer due to high memory usage, \
 (2) ray stop --force was called, or (3) the worker crashed unexpectedly due to SIGSEGV or \
-another unexpected error."""
+another unexpected error. If the process was killed by the kernel OOM killer (verifiable by \
+checking for OOM in dmesg of the OOMing node), consider enabling resource isolation via \
+--enable-resource-isolation to prevent node deaths by resource contention and significant \
+loss of progress by uninformed kernel OOM killing."""
 
 
 @pytest.fixture
@@ -281,15 +284,18 @@ def test_driver_killed_with_sigkill_resumes(tmp_path, searched):
 @pytest.mark.slow
 def test_ctrl_c_marks_running_trials_interrupted_and_a_rerun_resumes(tmp_path):
     """SIGINT to the driver's whole process group (what Ctrl-C in a terminal sends) once
-    the trials have evaluated: exit 130, the running trials are `interrupted` with their
-    last metrics, the sweep is stamped interrupted, the message says how to resume (not
-    Ray's Tuner.restore), no traceback; the re-run completes them."""
-    # 640 steps: a trial has evaluated, and is still far from done, when the signal lands
+    one trial is complete and the next has evaluated: exit 130, the running trial is
+    `interrupted` with its last metrics, the sweep is stamped interrupted, the message says
+    how to resume (not Ray's Tuner.restore), no traceback; the re-run keeps the finished
+    trial and completes the interrupted one."""
+    # 640 steps a trial, one after the other: the second has evaluated, and is still far
+    # from done, when the signal lands
     space, db = _long_space(tmp_path, "i", searched=False, tokens=81920), tmp_path / "i.duckdb"
     driver = _start(space, db, tmp_path)
     try:
-        _wait_for(db, "SELECT trial_id FROM trials JOIN metrics USING (trial_id) "
-                      "WHERE status = 'running'")
+        finished = _wait_for(db, "SELECT trial_id FROM trials WHERE status = 'complete' AND "
+                             "EXISTS (SELECT 1 FROM trials JOIN metrics USING (trial_id) "
+                             "WHERE status = 'running')")
     finally:
         os.killpg(driver.pid, signal.SIGINT)
     out, err = driver.communicate(timeout=120)
@@ -303,7 +309,9 @@ def test_ctrl_c_marks_running_trials_interrupted_and_a_rerun_resumes(tmp_path):
     assert (cut["steps"] >= 80).all() and cut["final_val_loss"].notna().all()
     assert cut["error"].str.startswith("interrupted by SIGINT at step").all()
     assert load(db, "sweeps")["status"].tolist() == ["interrupted"]
-    _assert_resumed(db, set(), set(cut["trial_id"]), 2, _rerun(space, db, tmp_path))
+    rerun = _rerun(space, db, tmp_path)
+    assert "(1 complete before this run)" in rerun.stdout
+    _assert_resumed(db, finished, set(cut["trial_id"]), 2, rerun)
 
 
 @pytest.mark.slow

@@ -257,9 +257,9 @@ def _show_previous(view: LiveView, prev: Previous, groups: list[Group]) -> None:
     """Put what earlier runs finished into the progress display."""
     for tid, t in prev.trials.items():
         if prev.settled(t.status) and (t.replicate or t.status == Status.COMPLETE):
-            r = prev.done.get(tid, {})
-            view.update(groups[t.group], tid, t.status, r.get("final_val_loss"),
-                        replicate=t.replicate, flops=r.get("train_flops"), before=True)
+            view.update(groups[t.group], tid, t.status,
+                        prev.done.get(tid, {}).get("final_val_loss"), replicate=t.replicate,
+                        flops=t.train_flops, before=True)
 
 
 def _complete(prev: Previous) -> int:

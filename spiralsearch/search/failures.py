@@ -94,7 +94,7 @@ _DEATH = re.compile(r"ActorDiedError|RayActorError|WorkerCrashedError|actor died
                     r"worker (process )?(has )?died|unexpectedly exit", re.I)
 # Ray appends a list of guesses (OOM killer, ray stop, SIGSEGV) to a dead worker's error;
 # they are guesses, so the stored reason stops before them
-_GUESSES = re.compile(r"\s*(There are some potential root causes|Some common causes)", re.I)
+_GUESSES = re.compile(r"\s*(There are some potential root causes|Some common causes).*", re.I)
 
 
 def classify(error: BaseException | None, text: str | None) -> tuple[str, str]:
@@ -103,6 +103,7 @@ def classify(error: BaseException | None, text: str | None) -> tuple[str, str]:
     Ray's error text."""
     cause = _cause(error)
     text = (text or "") + ("\n" + str(error) if error is not None else "")
+    text = _GUESSES.sub("", text)  # Ray's guesses name the OOM killer: classify on facts
     if isinstance(cause, TrialOutOfMemory) or "TrialOutOfMemory" in text:
         return "oom", f"out of memory in training: {_line(cause or text, 'TrialOutOfMemory')}"
     if _RAY_OOM.search(text):
@@ -137,5 +138,4 @@ def _line(what, drop: str = "") -> str:
 def _detail(text: str) -> str:
     """Ray's exit detail of a dead worker, without its list of guesses."""
     m = re.search(r"Worker exit type: .*", text)
-    detail = m.group(0) if m else _line(text)
-    return _GUESSES.split(detail, maxsplit=1)[0].strip()
+    return (m.group(0) if m else _line(text)).strip()

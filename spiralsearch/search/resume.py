@@ -47,6 +47,7 @@ class Stored:
     point_id: str | None  # as stored (None in files from before replicates)
     selected: bool | None
     sweep: str = ""  # the sweep whose row it is (another one's, for an adopted trial)
+    train_flops: float | None = None  # training FLOPs it ran (progress counts them)
 
 
 @dataclass
@@ -94,7 +95,8 @@ class Previous:
         self.trials[tid] = Stored(
             g, rep, params, status, value,
             r["point_id"] if isinstance(r.get("point_id"), str) else None,
-            bool(sel) if isinstance(sel, bool | np.bool_) else None, r["sweep"])
+            bool(sel) if isinstance(sel, bool | np.bool_) else None, r["sweep"],
+            _float(r.get("train_flops")))
         if rep:  # a replicate: a measurement, not part of the search
             return
         if status == Status.COMPLETE:
@@ -115,6 +117,15 @@ class Previous:
         for t in self.trials.values():
             out[t.status] = out.get(t.status, 0) + 1
         return out
+
+
+def _float(v) -> float | None:
+    """A stored number, or None for NULL (None, NaN, pd.NA)."""
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v if v == v else None
 
 
 def _replicate_of(row: dict) -> int:

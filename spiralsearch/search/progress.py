@@ -160,7 +160,10 @@ class LiveView:
                                                          self.running.values())
 
     def eta(self) -> float | None:
-        """Seconds left at the FLOP rate of this run so far; None before any progress."""
+        """Seconds left at the FLOP rate of this run so far; None before any progress, 0
+        once every planned trial is done (early stopping leaves FLOPs of the plan unspent)."""
+        if not self.running and self.done_trials() >= self.plan.trials:
+            return 0.0
         elapsed = time.monotonic() - self.t0
         now = self.flops() - self.flops_before
         left = self.plan.flops - self.flops()

@@ -138,8 +138,9 @@ class StoreCallback(Callback):
         if status != Status.FAILED:
             fields["failure"] = None
         self._trials.append(self._row(trial, **(fields | dict(status=status))))
-        self._view(trial, status, r.get("final_val_loss"), seconds=r.get("wall_seconds"),
-                   flops=r.get("train_flops"), failure=fields.get("failure"))
+        self._view(trial, status, fields.get("final_val_loss", r.get("final_val_loss")),
+                   seconds=r.get("wall_seconds"), flops=r.get("train_flops"),
+                   failure=fields.get("failure"))
         self._flush(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import time
 from collections import defaultdict
 
@@ -170,14 +171,12 @@ class StoreCallback(Callback):
 
     def _mark_interrupted(self, trial) -> None:
         signum = self.interrupts.signum if self.interrupts else None
-        import signal
-
         what = signal.Signals(signum).name if signum else "a signal"
         last = self._last.get(trial.trial_id, {})
         fields = _so_far(last, self._best.get(last.get("config_hash"), math.nan)) \
             if last else {}
         at = f" at step {last['step']}" if "step" in last else " before its first evaluation"
-        fields |= {k: last[k] for k in ("steps", "tokens", "train_flops", "wall_seconds",
+        fields |= {k: last[k] for k in ("tokens", "train_flops", "wall_seconds",
                                         "params_non_embedding", "flops_per_token",
                                         "budget_kind") if k in last}
         if "step" in last:

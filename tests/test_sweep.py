@@ -1,3 +1,4 @@
+import contextlib
 import json
 import time
 
@@ -110,7 +111,6 @@ def test_sweep_joins_a_running_ray_cluster(tmp_path, monkeypatch):
     import tempfile
     from pathlib import Path
 
-    import psutil
 
     monkeypatch.setenv("SPIRALSEARCH_CACHE", str(tmp_path / "cache"))
     bin_dir = Path(sys.executable).parent
@@ -139,10 +139,25 @@ def test_sweep_joins_a_running_ray_cluster(tmp_path, monkeypatch):
         assert dry.returncode == 2 and len(dry.stderr.strip().splitlines()) == 1, dry.stderr
         assert f"asks 1 GPUs but the Ray cluster at 127.0.0.1:{port} has 0" in dry.stderr
     finally:  # stop this cluster only (`ray stop` would stop every Ray on the machine)
-        for p in psutil.process_iter(["cmdline"]):
-            if any(temp in part for part in (p.info["cmdline"] or [])):
-                p.kill()
+        _kill_cluster(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _kill_cluster(temp: str) -> None:
+    """Kill a `ray start` cluster: the processes that name its temp dir, and their
+    children (agents that rename themselves `ray::...`), gathered before any dies."""
+    import psutil  # Ray vendors it
+
+    doomed = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp in part for part in (p.info["cmdline"] or [])):
+                doomed += [p, *p.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+    for p in doomed:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
 
 
 class _FakeTrial:

@@ -15,7 +15,9 @@ from spiralsearch.fields import field_specs, opt
 
 
 class Status(StrEnum):
-    """How a trial stands. `stopped`: ended early by the scheduler (ASHA)."""
+    """How a trial stands. `stopped`: ended early by the scheduler (ASHA). `interrupted`:
+    cut off by a Ctrl-C or SIGTERM of the sweep driver; like `running` (a driver that was
+    killed) it is not final, so a re-run of the sweep resumes it from its checkpoint."""
 
     PENDING = "pending"
     RUNNING = "running"
@@ -24,11 +26,14 @@ class Status(StrEnum):
     DIVERGED = "diverged"
     FAILED = "failed"
     REJECTED = "rejected"  # refused before training (budget, data)
+    INTERRUPTED = "interrupted"  # the driver was told to stop (SIGINT, SIGTERM)
 
 
 FINAL_STATUSES = (Status.COMPLETE, Status.STOPPED, Status.DIVERGED, Status.FAILED,
                   Status.REJECTED)
 NAN = math.nan
+# why a `failed` trial failed (TrialSummary.failure); the error text says more
+FAILURES = ("raised", "oom", "killed", "node_lost", "ray")
 
 
 @dataclass
@@ -54,7 +59,16 @@ class TrialSummary:
     and a row of the store's `trials` table."""
 
     status: str = opt(Status.PENDING.value, "how the trial ended", choices=tuple(Status))
-    error: str | None = opt(None, "why it failed, diverged or was refused")
+    error: str | None = opt(None, "why it failed, diverged, was refused or interrupted; for a "
+                            "trial that was retried (search.max_failures), also why each "
+                            "earlier attempt ended")
+    failure: str | None = opt(None, "what ended a failed trial: raised (an exception in "
+                              "training), oom (out of memory: MemoryError, torch's OOM or "
+                              "Ray's memory monitor), killed (its worker process died, e.g. "
+                              "SIGKILL), node_lost (its Ray node died), ray (another Ray "
+                              "error); null unless failed", choices=FAILURES)
+    attempts: int | None = opt(None, "times the trial's worker started in the sweep run that "
+                               "last ran it: 1, plus one per retry (search.max_failures)")
     family: str | None = opt(None, "plain, looped or spiral (from the spec)")
     group_name: str | None = opt(None, "the comparison group the trial competes in")
     spec: str | None = opt(None, "canonical spec")

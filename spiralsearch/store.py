@@ -219,7 +219,13 @@ def _v6_imported(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE trials ADD COLUMN IF NOT EXISTS imported BOOLEAN")
 
 
-def _v7_mfu(con: duckdb.DuckDBPyConnection) -> None:
+def _v7_failures(con: duckdb.DuckDBPyConnection) -> None:
+    """Sweeps that survive faults: what ended a failed trial, and how often it started."""
+    for name, sql in (("failure", "VARCHAR"), ("attempts", "BIGINT")):
+        con.execute(f"ALTER TABLE trials ADD COLUMN IF NOT EXISTS {name} {sql}")
+
+
+def _v8_mfu(con: duckdb.DuckDBPyConnection) -> None:
     """Model FLOPs utilisation per evaluation (metrics.mfu)."""
     con.execute("ALTER TABLE metrics ADD COLUMN IF NOT EXISTS mfu DOUBLE")
 
@@ -230,7 +236,7 @@ def _v7_mfu(con: duckdb.DuckDBPyConnection) -> None:
 # migration that has shipped. A test holds the migrated columns equal to the schema's.
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
     _v1_create, _v2_summary_columns, _v3_groups_and_test_split, _v4_replicates, _v5_sizes,
-    _v6_imported, _v7_mfu]
+    _v6_imported, _v7_failures, _v8_mfu]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -502,6 +508,13 @@ class ResultsStore:
     def _read(self, sql: str, params: list) -> list[tuple]:
         with self._transaction() as con:
             return con.execute(sql, params).fetchall()
+
+    def sweep_yamls(self) -> dict[str, str | None]:
+        """Sweep name -> the YAML it last ran with, for every sweep recorded in the file;
+        {} when there is no file yet (nothing is created)."""
+        if not self.path.exists():
+            return {}
+        return dict(self._read("SELECT name, yaml FROM sweeps", []))
 
     def completed_trial_ids(self, sweep: str) -> set[str]:
         """trial_ids of `sweep` whose status is 'complete' (to skip them on a re-run)."""

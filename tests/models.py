@@ -54,3 +54,27 @@ def configs(draw, max_chunk: int = 8, max_iterations: int = 4, max_seq_len: int 
         embed_scale=draw(st.booleans()),
     )
     return tiny(spec, max_seq_len=max_seq_len, **options)
+
+
+def space_yaml(name: str, *, specs=("2", "1+1x{1/2,1}+0"), lr: str | None = "3.0e-3",
+               evals: int = 2, train: str = "", budgets: str = "[1024]", batch_size: int = 4,
+               seq_len: int = 32, source: str = "corpus:sotu",
+               search: str = "sampler: tpe, scheduler: none, samples_per_budget: 1, seed: 0",
+               resources: str = "cpu: 1, gpu: 0") -> str:
+    """The tiny sweep space the sweep tests share: d=32, 2 heads, byte vocabulary, 32-token
+    windows of corpus:sotu, batches of 4, token budgets (1024 tokens: 8 steps); one group
+    per family, one trial each (TPE). `train` adds flow-style entries to the train section
+    (`"device: cuda"`); `search` and `resources` are those sections' entries; `lr` None
+    leaves the learning rate at its default."""
+    spec = "{choice: [" + ", ".join(f'"{s}"' for s in specs) + "]}" if len(specs) > 1 \
+        else f'"{specs[0]}"'
+    entries = [f"batch_size: {batch_size}", f"evals: {evals}", "eval_batches: 1",
+               *([f"lr: {lr}"] if lr is not None else []), *([train] if train else [])]
+    return (f"name: {name}\n"
+            f'data: {{source: "{source}", seq_len: {seq_len}}}\n'
+            "model:\n  preset: tiny\n  d_model: 32\n  n_heads: 2\n"
+            f"  spec: {spec}\n"
+            f"train: {{{', '.join(entries)}}}\n"
+            f"budget: {{kind: tokens, values: {budgets}}}\n"
+            f"search: {{{search}}}\n"
+            f"resources: {{{resources}}}\n")

@@ -11,24 +11,20 @@ import sys
 
 import numpy as np
 import pytest
+from models import space_yaml
 
 from spiralsearch.cli import main
 from spiralsearch.store import ResultsStore, config_hash
 
 TINY = ["--d-model", "32", "--n-heads", "2", "--seq-len", "32", "--batch-size", "4"]
-SPACE = """
-name: {name}
-data: {{source: "corpus:sotu", seq_len: 32}}
-model:
-  preset: tiny
-  d_model: 32
-  n_heads: 2
-  spec: {{choice: ["2", "1+1x{{1/2,1}}+0"]}}
-train: {{batch_size: 4, evals: 1, eval_batches: 1{extra}}}
-budget: {{kind: tokens, values: [1024, 2048]}}
-search: {{sampler: grid, scheduler: none, samples_per_budget: 1, seed: 0}}
-resources: {{cpu: 1, gpu: 0}}
-"""
+
+
+def space_text(name: str, extra: str = "") -> str:
+    """The shared tiny space: 2 families x 2 token budgets, one trial per cell."""
+    return space_yaml(name, lr=None, evals=1, budgets="[1024, 2048]", train=extra,
+                      search="sampler: grid, scheduler: none, samples_per_budget: 1, seed: 0")
+
+
 HEAVY = ("torch", "ray", "optuna", "duckdb", "pandas", "plotly", "fvcore")
 
 
@@ -117,7 +113,7 @@ def test_data_info_json(cache, capsys):
 
 def test_sweep_dry_run_table_and_json(tmp_path, capsys):
     space = tmp_path / "dry.yaml"
-    space.write_text(SPACE.format(name="dry", extra=""))
+    space.write_text(space_text("dry"))
     assert main(["sweep", str(space), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "2 candidates (dry run)" in out and "1+1x{1/2,1}+0" in out
@@ -214,7 +210,7 @@ def test_parser_imports_no_heavy_library():
 ])
 def test_bad_input_exits_2_with_one_line(argv, prog, fragment, db, tmp_path, cache, capsys):
     space = tmp_path / "bad.yaml"
-    space.write_text(SPACE.format(name="bad", extra="").replace("train:", "trian:"))
+    space.write_text(space_text("bad").replace("train:", "trian:"))
     subs = {"SPACE": str(space), "DB": str(db), "MISSING": str(tmp_path / "missing"),
             "OUT": str(tmp_path / "out")}
     assert main([subs.get(a, a) for a in argv]) == 2
@@ -277,7 +273,7 @@ def test_train_that_crashes_exits_1(tmp_path, cache, capsys):
 def test_sweep_where_every_trial_fails_exits_1(ray_session, tmp_path, cache, capsys):
     """Every trial pinned to CUDA on this CPU machine: all fail, so the sweep exits 1."""
     space = tmp_path / "allfail.yaml"
-    space.write_text(SPACE.format(name="allfail", extra=", device: cuda"))
+    space.write_text(space_text("allfail", "device: cuda"))
     db = tmp_path / "allfail.duckdb"
     assert main(["sweep", str(space), "--db", str(db), "--no-progress",
                  "--format", "json"]) == 1

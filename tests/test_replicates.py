@@ -6,6 +6,7 @@ import json
 
 import duckdb
 import pytest
+from models import space_yaml
 
 from spiralsearch.search.driver import run_sweep
 from spiralsearch.search.replicates import select
@@ -13,26 +14,15 @@ from spiralsearch.search.resume import Previous, Stored
 from spiralsearch.search.space import SpaceError, parse_space
 from spiralsearch.store import load
 
-SPACE = """
-name: {name}
-data: {{source: "corpus:sotu", seq_len: 32}}
-model:
-  preset: tiny
-  d_model: 32
-  n_heads: 2
-  spec: {{choice: ["2", "1+1x{{1/2,1}}+0"]}}
-train: {{batch_size: 4, evals: 2, eval_batches: 1, lr: {lr}{extra}}}
-budget: {{kind: tokens, values: [1024]}}
-search: {{sampler: tpe, scheduler: {scheduler}, samples_per_budget: 2, seed: 0,
-          replicates: {replicates}}}
-resources: {{cpu: 1, gpu: 0}}
-"""
 LR = "{loguniform: [1.0e-3, 1.0e-2]}"
 
 
 def space_text(name="reps", replicates=3, lr=LR, extra="", scheduler="asha"):
-    return SPACE.format(name=name, replicates=replicates, lr=lr, extra=extra,
-                        scheduler=scheduler)
+    """Two families, 2 lr samples each at one budget, `replicates` runs of each selected
+    point; `extra` adds train entries."""
+    return space_yaml(name, lr=lr, train=extra,
+                      search=f"sampler: tpe, scheduler: {scheduler}, samples_per_budget: 2, "
+                      f"seed: 0, replicates: {replicates}")
 
 
 def _config(row) -> dict:
@@ -51,12 +41,12 @@ def test_replicates_are_validated_in_one_line():
     assert "\n" not in str(e.value)
     with pytest.raises(SpaceError, match=r"^search\.replicates") as e:
         parse_space(space_text(replicates="two"))
-    seeded = space_text(replicates=2, extra=", seed: {choice: [0, 1]}")
+    seeded = space_text(replicates=2, extra="seed: {choice: [0, 1]}")
     with pytest.raises(SpaceError, match=r"^search\.replicates: 2 .*train\.seed") as e:
         parse_space(seeded)
     assert "\n" not in str(e.value)
     # one run per point: searching the seed is allowed
-    assert parse_space(space_text(replicates=1, extra=", seed: {int: [0, 9]}"))
+    assert parse_space(space_text(replicates=1, extra="seed: {int: [0, 9]}"))
 
 
 def test_selection_is_the_best_complete_search_trial():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from models import space_yaml
 
 from spiralsearch.cli import main
 from spiralsearch.config import TrialConfig
@@ -14,21 +15,6 @@ from spiralsearch.search.checkpoints import checkpoint_of, checkpoints_dir, keep
 from spiralsearch.search.space import parse_space
 from spiralsearch.store import ResultsStore, config_hash, load
 
-# one cell (group_by none): 2 search trials, then 1 replicate of the selected point
-SPACE = """
-name: {name}
-data: {{source: "corpus:sotu", seq_len: 32}}
-model:
-  preset: tiny
-  d_model: 32
-  n_heads: 2
-  spec: {{choice: ["1+1x{{1,1}}+0", "1+1x{{1/2,1}}+0"]}}  # looped: both have probes
-train: {{batch_size: 4, evals: 2, eval_batches: 1, lr: 3.0e-3}}
-budget: {{kind: tokens, values: [1024]}}
-search: {{sampler: grid, scheduler: none, samples_per_budget: 2, seed: 0, group_by: none,
-          replicates: 2{keep}}}
-resources: {{cpu: 1, gpu: 0}}
-"""
 TINY = dict(model=dict(spec="2", preset="tiny", d_model=32, n_heads=2),
             data=dict(source="corpus:sotu", seq_len=32),
             train=dict(batch_size=4, evals=2, eval_batches=1, threads=1, device="cpu"),
@@ -36,7 +22,12 @@ TINY = dict(model=dict(spec="2", preset="tiny", d_model=32, n_heads=2),
 
 
 def space_text(name: str = "ckpt", keep: str | None = None) -> str:
-    return SPACE.format(name=name, keep=f", keep_checkpoints: {keep}" if keep else "")
+    """One cell (group_by none) of two looped specs (both have probes): 2 search trials,
+    then 1 replicate of the selected point."""
+    return space_yaml(name, specs=("1+1x{1,1}+0", "1+1x{1/2,1}+0"),
+                      search="sampler: grid, scheduler: none, samples_per_budget: 2, seed: 0, "
+                      "group_by: none, replicates: 2"
+                      + (f", keep_checkpoints: {keep}" if keep else ""))
 
 
 @pytest.fixture

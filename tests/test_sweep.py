@@ -1,7 +1,9 @@
+import contextlib
 import json
 import time
 
 import pytest
+from models import space_yaml
 
 from spiralsearch.search.cluster import trial_resources
 from spiralsearch.search.driver import run_sweep
@@ -10,25 +12,16 @@ from spiralsearch.store import config_hash, load, query
 
 pytestmark = pytest.mark.slow  # every test here starts Ray or runs a sweep
 
-SPACE = """
-name: {name}
-data: {{source: "corpus:sotu", seq_len: 32}}
-model:
-  preset: tiny
-  d_model: 32
-  n_heads: 2
-  spec: {{choice: ["2", "1+1x{{1/2,1}}+0"]}}
-train: {{batch_size: 4, evals: 2, eval_batches: 1, lr: {lr}{extra}}}
-budget: {{kind: tokens, values: [1024]}}
-search: {{sampler: {sampler}, scheduler: none, samples_per_budget: {samples}, seed: 0}}
-resources: {{cpu: 1, gpu: 0}}
-"""
+
+def space_text(name="e2e", lr="3.0e-3", extra="", sampler="tpe", samples=1):
+    return space_yaml(name, lr=lr, train=extra,
+                      search=f"sampler: {sampler}, scheduler: none, "
+                      f"samples_per_budget: {samples}, seed: 0")
 
 
-def write_space(tmp_path, name="e2e", lr="3.0e-3", extra="", sampler="tpe", samples=1):
+def write_space(tmp_path, name="e2e", **kw):
     path = tmp_path / f"{name}.yaml"
-    path.write_text(SPACE.format(name=name, lr=lr, extra=extra, sampler=sampler,
-                                 samples=samples))
+    path.write_text(space_text(name, **kw))
     return path
 
 
@@ -64,7 +57,7 @@ def test_sweep_end_to_end_and_idempotent_rerun(ray_session, tmp_path, monkeypatc
 def test_failing_trial_is_recorded_and_the_sweep_goes_on(ray_session, tmp_path, monkeypatch):
     monkeypatch.setenv("SPIRALSEARCH_CACHE", str(tmp_path / "cache"))
     # a trial pinned to a CUDA device on this CPU machine raises inside training
-    space = write_space(tmp_path, name="failing", extra=", device: {choice: [cpu, cuda]}",
+    space = write_space(tmp_path, name="failing", extra="device: {choice: [cpu, cuda]}",
                         sampler="grid", samples=2)
     db = tmp_path / "failing.duckdb"
     report = run_sweep(space, results=db, progress=False)
@@ -79,8 +72,7 @@ def test_fractional_gpus_are_packed(ray_session, tmp_path):
     """gpu: 0.5 per trial on 2 (logical) GPUs: four trials run at once, two per GPU."""
     from ray import tune
 
-    space = parse_space(SPACE.format(name="gpu", lr="1.0e-3", extra="", sampler="tpe",
-                                     samples=1).replace("gpu: 0", "gpu: 0.5"))
+    space = parse_space(space_text("gpu").replace("gpu: 0", "gpu: 0.5"))
     assert trial_resources(space) == {"cpu": 1.0, "gpu": 0.5}
 
     def report_gpus(config):
@@ -121,7 +113,6 @@ def test_sweep_joins_a_running_ray_cluster(tmp_path, monkeypatch):
     import tempfile
     from pathlib import Path
 
-    import psutil
 
     monkeypatch.setenv("SPIRALSEARCH_CACHE", str(tmp_path / "cache"))
     bin_dir = Path(sys.executable).parent
@@ -141,52 +132,34 @@ def test_sweep_joins_a_running_ray_cluster(tmp_path, monkeypatch):
         assert run.returncode == 0, run.stderr[-3000:]
         assert "2 complete" in run.stdout
         assert sorted(load(db)["status"]) == ["complete", "complete"]
+        # --dry-run checks one trial's resources against that cluster (it has no GPUs)
+        greedy = tmp_path / "greedy.yaml"
+        greedy.write_text(space_text("greedy").replace("gpu: 0", "gpu: 1"))
+        dry = subprocess.run([str(bin_dir / "spiralsearch"), "sweep", str(greedy), "--dry-run",
+                              "--address", f"127.0.0.1:{port}"],
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert dry.returncode == 2 and len(dry.stderr.strip().splitlines()) == 1, dry.stderr
+        assert f"asks 1 GPUs but the Ray cluster at 127.0.0.1:{port} has 0" in dry.stderr
     finally:  # stop this cluster only (`ray stop` would stop every Ray on the machine)
-        for p in psutil.process_iter(["cmdline"]):
-            if any(temp in part for part in (p.info["cmdline"] or [])):
-                p.kill()
+        _kill_cluster(temp)
         shutil.rmtree(temp, ignore_errors=True)
 
 
-@pytest.mark.slow
-def test_killed_driver_resumes_without_losing_finished_trials(tmp_path):
-    """Query the results while the sweep writes, kill -9 the driver once a trial is done,
-    then re-run: finished trials are kept (not re-run) and the rest complete."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    from pathlib import Path
+def _kill_cluster(temp: str) -> None:
+    """Kill a `ray start` cluster: the processes that name its temp dir, and their
+    children (agents that rename themselves `ray::...`), gathered before any dies."""
+    import psutil  # Ray vendors it
 
-    space = write_space(tmp_path, name="killed", samples=2,
-                        lr="{loguniform: [1.0e-3, 1.0e-2]}").read_text()
-    space = space.replace("values: [1024]", "values: [20480]")  # ~40 steps a trial
-    path = tmp_path / "killed.yaml"
-    path.write_text(space)
-    db = tmp_path / "killed.duckdb"
-    cli = str(Path(sys.executable).parent / "spiralsearch")
-    env = os.environ | {"RAY_AUTH_MODE": "disabled", "SPIRALSEARCH_CACHE": str(tmp_path / "c")}
-    cmd = [cli, "sweep", str(path), "--db", str(db), "--no-progress"]
-    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    finished: set = set()
-    try:
-        deadline = time.monotonic() + 240
-        while not finished and time.monotonic() < deadline:
-            time.sleep(1)
-            if db.exists():  # a reader while the driver writes: read-only, with retries
-                done = query(db, "SELECT trial_id FROM trials WHERE status = 'complete'")
-                finished = set(done["trial_id"])
-        assert finished, "no trial finished in time"
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
-        driver.wait()
-    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    trials = load(db)
-    assert finished <= set(trials[trials["status"] == "complete"]["trial_id"])
-    assert sorted(trials["status"]) == ["complete"] * 4
-    assert f"({len(finished)} complete before this run)" in rerun.stdout
+    doomed = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp in part for part in (p.info["cmdline"] or [])):
+                doomed += [p, *p.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+    for p in doomed:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
 
 
 class _FakeTrial:
@@ -194,27 +167,36 @@ class _FakeTrial:
 
     def __init__(self, config, last_result=None, error=None):
         self.config, self.last_result, self._error = config, last_result, error
+        self.trial_id = f"fake{id(self)}"
 
     def get_error(self):
         return self._error
 
 
-def test_store_callback_records_stopped_and_crashed_trials(tmp_path):
+def test_store_callback_records_stopped_crashed_and_interrupted_trials(tmp_path):
     """Without Ray: a trial ASHA stops keeps its last and best losses as 'stopped'; a trial
-    whose process dies is 'failed' with Ray's error text."""
+    whose worker died is 'failed', killed, with Ray's exit detail and not its guesses; a
+    trial still running when the driver is told to stop is 'interrupted' with its last
+    metrics."""
+    from spiralsearch.search.interrupts import Interrupts
     from spiralsearch.search.recorder import StoreCallback
     from spiralsearch.store import ResultsStore
 
-    space = parse_space(SPACE.format(name="cb", lr="{loguniform: [1.0e-3, 1.0e-2]}", extra="",
-                                     sampler="tpe", samples=2))
+    space = parse_space(space_text("cb", lr="{loguniform: [1.0e-3, 1.0e-2]}", samples=2))
     groups = space.groups()
     store = ResultsStore(tmp_path / "cb.duckdb")
     store.begin_sweep("cb", space.yaml_text)
-    cb = StoreCallback(store, "cb", space, groups, flush_s=0.0)
+    interrupts = Interrupts()
+    cb = StoreCallback(store, "cb", space, groups, flush_s=0.0, interrupts=interrupts)
     stopped = _FakeTrial({"group": 0, "params": {"train.lr": 2e-3}})
-    died = _FakeTrial({"group": 1, "params": {"train.lr": 5e-3}}, error="RayActorError: OOM")
-    cb.on_trial_start(0, [], stopped)
-    cb.on_trial_start(0, [], died)
+    died = _FakeTrial({"group": 1, "params": {"train.lr": 5e-3}}, error=(
+        "The actor is dead because its worker process has died. Worker exit type: "
+        "SYSTEM_ERROR Worker exit detail: Worker unexpectedly exits with a connection error "
+        "code 2. End of file. Some common causes include: (1) the process was killed by "
+        "the OOM killer due to high memory usage"))
+    cut = _FakeTrial({"group": 1, "params": {"train.lr": 3e-3}})
+    for t in (stopped, died, cut):
+        cb.on_trial_start(0, [], t)
     from spiralsearch.search.space import resolve
 
     tid = resolve(space, groups[0], stopped.config["params"]).trial_id
@@ -224,12 +206,24 @@ def test_store_callback_records_stopped_and_crashed_trials(tmp_path):
         stopped.last_result = row
     cb.on_trial_complete(0, [], stopped)
     cb.on_trial_error(0, [], died)
+    cut_id = resolve(space, groups[1], cut.config["params"]).trial_id
+    row = dict(config_hash=cut_id, status="running", step=20, val_loss=3.1, val_bpb=4.0,
+               tokens=2560, train_flops=1e9)
+    cb.on_trial_result(0, [], cut, row)
+    interrupts.signum = 2  # SIGINT, as the handler sets it
+    assert cb.interrupt() == 1  # only the trial still running
     trials = load(tmp_path / "cb.duckdb").set_index("trial_id")
     assert trials.loc[tid, "status"] == "stopped"
     assert trials.loc[tid, "final_val_loss"] == 2.7 and trials.loc[tid, "best_val_loss"] == 2.5
-    other = trials.drop(tid).iloc[0]
-    assert other["status"] == "failed" and other["error"] == "RayActorError: OOM"
-    assert len(load(tmp_path / "cb.duckdb", "metrics")) == 3
+    dead = trials.loc[resolve(space, groups[1], died.config["params"]).trial_id]
+    assert dead["status"] == "failed" and dead["failure"] == "killed"
+    assert dead["error"].endswith("Worker exit detail: Worker unexpectedly exits with a "
+                                  "connection error code 2. End of file.")
+    assert "OOM" not in dead["error"]
+    c = trials.loc[cut_id]
+    assert c["status"] == "interrupted" and c["steps"] == 20 and c["final_val_loss"] == 3.1
+    assert c["error"] == "interrupted by SIGINT at step 20; a re-run resumes it"
+    assert len(load(tmp_path / "cb.duckdb", "metrics")) == 4
 
 
 @pytest.mark.slow
@@ -239,12 +233,10 @@ def test_unrunnable_sweeps_stop_before_any_trial(ray_session, tmp_path):
     from spiralsearch.data.dataset import DataError
     from spiralsearch.search.cluster import ClusterError
 
-    missing = parse_space(SPACE.format(name="nodata", lr="1.0e-3", extra="", sampler="tpe",
-                                       samples=1).replace("corpus:sotu", "text:/no/such/file"))
+    missing = parse_space(space_text("nodata").replace("corpus:sotu", "text:/no/such/file"))
     with pytest.raises(DataError, match="/no/such/file"):
         run_sweep(missing, results=tmp_path / "a.duckdb", progress=False)
-    greedy = parse_space(SPACE.format(name="greedy", lr="1.0e-3", extra="", sampler="tpe",
-                                      samples=1).replace("gpu: 0", "gpu: 4"))
+    greedy = parse_space(space_text("greedy").replace("gpu: 0", "gpu: 4"))
     with pytest.raises(ClusterError, match="asks 4 GPUs but the Ray cluster has 2"):
         run_sweep(greedy, results=tmp_path / "b.duckdb", progress=False)
     assert not (tmp_path / "a.duckdb").exists() and not (tmp_path / "b.duckdb").exists()

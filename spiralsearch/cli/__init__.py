@@ -34,6 +34,7 @@ exit codes:
   2    bad input: a bad spec, preset, flag, YAML key, budget, data source, path or SQL
   3    busy: the results file stayed locked (another process writing)
   130  interrupted (Ctrl-C)
+  143  a sweep stopped by SIGTERM
 
 Errors print one line to stderr; SPIRALSEARCH_DEBUG=1 shows the traceback instead."""
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 from spiralsearch.config import Budget, DataConfig, OptimConfig, resolve_model
 from spiralsearch.model.config import ModelConfig
@@ -108,3 +109,39 @@ def check_candidates(space: SearchSpace) -> list[dict]:
             raise SpaceError(f"budget.values[{i}]: {what} {why} for every {fam}candidate "
                              f"({len(reasons)}); e.g. {reasons[0]}")
     return rows
+
+
+@dataclass(frozen=True)
+class Cost:
+    """One candidate as one cell's trial would train it: its model (width solved on a size
+    axis), batch and sequence length, data, and what the cell's budget gives it."""
+
+    model: ModelConfig
+    batch_size: int
+    seq_len: int
+    source: str
+    tokenizer: str
+    steps: int
+    tokens: int
+    train_flops: float
+
+
+def cell_costs(space: SearchSpace) -> dict[int, list[Cost]]:
+    """Group index -> the plan of every candidate that can be one of its trials (choices
+    and range endpoints, as check_candidates enumerates them); candidates the budget
+    refuses are left out. What the progress display and the dry run's estimate use."""
+    groups = space.groups()
+    out: dict[int, list[Cost]] = {g: [] for g in range(len(groups))}
+    for _, seq_len, bs, cfg, flat in _candidates(space):
+        for g, group in enumerate(groups):
+            if not _in_group(flat, group):
+                continue
+            try:
+                model = cfg if group.size is None else sized_model(
+                    cfg, space.sizes, group.size, group.budget, seq_len)
+                p = plan(model, group.budget, batch_size=bs, seq_len=seq_len)
+            except BudgetError:
+                continue
+            out[g].append(Cost(p.model, bs, seq_len, flat["data.source"],
+                               flat["data.tokenizer"], p.steps, p.tokens, p.train_flops))
+    return out

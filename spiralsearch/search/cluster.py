@@ -1,5 +1,6 @@
-"""Ray's lifecycle and resources for a sweep: start or join Ray, each trial's resources,
-how many trials fit at once, and refusing a space the cluster can never schedule.
+"""Ray's lifecycle and resources for a sweep: start or join Ray (quietly), each trial's
+resources, how many trials fit at once, and refusing a space that the cluster (or, for a
+dry run, this machine) can never schedule.
 """
 
 
@@ -7,20 +8,69 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
+from spiralsearch.search.failures import GIB
 from spiralsearch.search.space import (
     SearchSpace,
 )
 
 
 def _quiet() -> None:
-    """Our live table replaces Ray's and Optuna's console output (errors still show)."""
+    """Our live table and our store replace Ray's and Optuna's console output. Ray's notes on
+    a trial's failure (Tune's traceback, the raylet's "A worker died" line, "Trials did not
+    complete") are recorded with the trial instead (recorder.py), so they are not printed;
+    other errors still show."""
     import optuna
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file for a local run
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no experiment boxes
-    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # the store has them
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    tune_log = logging.getLogger("ray.tune")
+    tune_log.setLevel(logging.WARNING)
+    if not any(isinstance(f, _TrialNotes) for f in tune_log.filters):
+        for name in ("ray.tune", "ray.tune.tune", "ray.tune.execution.tune_controller",
+                     "ray.tune.search.optuna.optuna_search"):
+            logging.getLogger(name).addFilter(_TrialNotes())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # a trial that Ray retried reports its first steps again; Optuna keeps the first ones
+    warnings.filterwarnings("ignore", message="The reported value is ignored because",
+                            category=UserWarning)
+
+
+class _TrialNotes(logging.Filter):
+    """Drops Ray Tune's log records about trials that failed or did not finish (each one
+    is a row of the store, with its reason) and about a grid that is done."""
+
+    NOTES = ("Trials did not complete", "Trial task failed", "Stop signal received",
+             # Optuna's grid sampler stops its study when the grid is done; under Ray's
+             # ask-and-tell that raises, and Ray logs it
+             "Study.stop` is supposed to be invoked")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not any(n in msg for n in self.NOTES)
+
+
+def _mute_raylet_errors() -> None:
+    """The driver prints every error the raylet publishes (a dead worker's 'A worker died
+    or was killed...', with Ray's guesses at why) to stdout even with log_to_driver off;
+    the trial's row holds the true reason, and stdout must stay parseable (--format
+    json). Ray has no switch for it, so its printer is wrapped to drop the raylet's."""
+    import ray._private.worker as ray_worker
+
+    printer = getattr(ray_worker, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "_spiralsearch", False):
+        return
+
+    def quiet(data, *args, **kwargs):
+        if data.get("pid") == "raylet":
+            return None
+        return printer(data, *args, **kwargs)
+
+    quiet._spiralsearch = True
+    ray_worker.print_to_stdstream = quiet
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None,
@@ -32,19 +82,25 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
 
     _quiet()
     if ray.is_initialized():
+        _mute_raylet_errors()
         return False
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     else:  # "local": always a fresh Ray for this run, even if a `ray start` cluster is up
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus,
                  include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    _mute_raylet_errors()
     return True
 
 
 def trial_resources(space: SearchSpace) -> dict[str, float]:
-    """Ray resources of one trial: CPUs and (fractional) GPUs, so Ray packs trials onto
-    GPUs (gpu: 0.5 puts two trials on each GPU)."""
-    return {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
+    """Ray resources of one trial: CPUs, (fractional) GPUs, so Ray packs trials onto GPUs
+    (gpu: 0.5 puts two trials on each GPU), and memory (bytes) when resources.memory_gb
+    says."""
+    out = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
+    if space.resources.memory_gb:
+        out["memory"] = space.resources.memory_gb * GIB
+    return out
 
 
 def _slots(space: SearchSpace) -> int:
@@ -55,17 +111,36 @@ def _slots(space: SearchSpace) -> int:
 
 
 class ClusterError(ValueError):
-    """The Ray cluster cannot run one trial of this space (too few CPUs or GPUs)."""
+    """The Ray cluster cannot run one trial of this space (too few CPUs, GPUs or memory)."""
 
 
-def _check_cluster(space: SearchSpace) -> None:
-    """Refuse a space whose trials the cluster can never schedule (Ray would wait forever)."""
-    import ray
+def machine_resources() -> dict[str, float]:
+    """What a local Ray would offer, without starting one: CPUs (as start_ray asks), GPUs
+    (torch's count) and physical memory in bytes."""
+    import torch
 
-    have = ray.cluster_resources()
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count()),
+            "memory": float(memory)}
+
+
+def check_resources(space: SearchSpace, have: dict[str, float], where: str) -> None:
+    """Refuse a space one of whose trials `have` (Ray's resource names: CPU, GPU, memory)
+    can never hold: Ray would wait forever. `where` names it in the message."""
     for key, name in (("cpu", "CPU"), ("gpu", "GPU")):
         need = getattr(space.resources, key)
         if need > have.get(name, 0):
-            raise ClusterError(f"resources.{key}: each trial asks {need:g} {name}s but the Ray "
-                               f"cluster has {have.get(name, 0):g}; lower it, or run on a "
-                               f"cluster that has them (--address)")
+            raise ClusterError(f"resources.{key}: each trial asks {need:g} {name}s but {where} "
+                               f"has {have.get(name, 0):g}; lower it, or run on a cluster "
+                               f"that has them (--address)")
+    gib = space.resources.memory_gb
+    if gib and gib * GIB > have.get("memory", 0):
+        raise ClusterError(f"resources.memory_gb: each trial asks {gib:g} GiB but {where} "
+                           f"offers {have.get('memory', 0) / GIB:.3g} GiB to trials")
+
+
+def _check_cluster(space: SearchSpace) -> None:
+    """Refuse a space whose trials the running Ray can never schedule."""
+    import ray
+
+    check_resources(space, ray.cluster_resources(), "the Ray cluster")

@@ -7,6 +7,12 @@ re-runs each cell's selected point R - 1 times with other seeds (replicates.py).
 workers only report to Ray Tune; the driver's `StoreCallback` is the single writer of the
 results file. Last, the checkpoints that search.keep_checkpoints does not keep are deleted
 (checkpoints.py).
+
+Before the first trial it checks what the run needs (preflight.py) and which sweep of the
+results file it continues (history.py: an edited YAML is refused unless force_new). A
+trial's worker that dies is retried search.max_failures times, then recorded with its
+reason (failures.py); SIGINT or SIGTERM stops the sweep with its running trials recorded
+`interrupted` (interrupts.py), and a re-run resumes them.
 """
 
 
@@ -14,16 +20,19 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-from spiralsearch.schema import FINAL_STATUSES, Status
+from spiralsearch.schema import Status
 from spiralsearch.search import replicates
-from spiralsearch.search.candidates import check_candidates
+from spiralsearch.search.candidates import cell_costs, check_candidates
 from spiralsearch.search.checkpoints import checkpoints_dir, prune, runs_dir
 from spiralsearch.search.cluster import _check_cluster, _slots, start_ray, trial_resources
+from spiralsearch.search.history import sweep_name
+from spiralsearch.search.interrupts import Interrupts, OnSignal, SweepInterrupted
+from spiralsearch.search.preflight import cell_flops, check_data
+from spiralsearch.search.progress import plan_of
 from spiralsearch.search.recorder import LiveView, StoreCallback
 from spiralsearch.search.resume import KnownTrials, Previous
 from spiralsearch.search.samplers import make_sampler
@@ -38,13 +47,16 @@ from spiralsearch.store import ResultsStore, store_path
 
 @dataclass
 class SweepReport:
-    """What a sweep run did: results path and trial counts by status."""
+    """What a sweep run did: results path, trial counts by status (every trial of the
+    sweep's groups, earlier runs' included), how many were complete before this run, and
+    a note when it ran under another name than the YAML's (history.py)."""
 
     name: str
     results: Path
     counts: dict[str, int] = field(default_factory=dict)
     skipped: int = 0
     seconds: float = 0.0
+    note: str | None = None
 
 
 def _git_revision() -> str | None:
@@ -91,7 +103,7 @@ def _quota(space: SearchSpace, g: int, group: Group, prev: Previous) -> int:
 
 def _run_all(space: SearchSpace, *, store: ResultsStore, prev: Previous, checkpoints: Path,
              storage: Path, max_concurrent: int | None, view: LiveView | None,
-             callbacks: tuple = ()) -> int:
+             interrupts: Interrupts, callbacks: tuple = ()) -> int:
     """One Tuner for every group, each with its own searcher and ASHA rungs (see grouped.py);
     returns how many trials it launched. Trials an earlier run left unfinished go first and
     resume from their checkpoints."""
@@ -111,14 +123,14 @@ def _run_all(space: SearchSpace, *, store: ResultsStore, prev: Previous, checkpo
                  if s.scheduler == "asha" else FIFOScheduler())
     _fit(space, groups, searcher, scheduler, sum(quotas), name=space.name, store=store,
          done=prev.done, checkpoints=checkpoints, storage=storage,
-         max_concurrent=max_concurrent, view=view, callbacks=callbacks)
+         max_concurrent=max_concurrent, view=view, interrupts=interrupts, callbacks=callbacks)
     return sum(quotas)
 
 
 def _run_replicates(space: SearchSpace, points: list[dict], *, store: ResultsStore,
                     checkpoints: Path, storage: Path,
                     max_concurrent: int | None, view: LiveView | None,
-                    callbacks: tuple = ()) -> int:
+                    interrupts: Interrupts, callbacks: tuple = ()) -> int:
     """The second phase: the replicates of each cell's selected point ({"group", "params",
     "replicate"} each), in one Tuner with no early stopping (they measure, not search);
     returns how many it launched."""
@@ -131,14 +143,17 @@ def _run_replicates(space: SearchSpace, points: list[dict], *, store: ResultsSto
     searcher = PointSearch(points, metric=OBJECTIVE, mode=space.search.mode)
     _fit(space, space.groups(), searcher, FIFOScheduler(), len(points),
          name=f"{space.name}-replicates", store=store, done={}, checkpoints=checkpoints,
-         storage=storage, max_concurrent=max_concurrent, view=view, callbacks=callbacks)
+         storage=storage, max_concurrent=max_concurrent, view=view, interrupts=interrupts,
+         callbacks=callbacks)
     return len(points)
 
 
 def _fit(space: SearchSpace, groups: list[Group], searcher, scheduler, n: int, *, name: str,
          store: ResultsStore, done: dict[str, dict], checkpoints: Path, storage: Path,
-         max_concurrent: int | None, view: LiveView | None, callbacks: tuple) -> None:
-    """One Tuner run of `n` trials proposed by `searcher`, recorded by a StoreCallback."""
+         max_concurrent: int | None, view: LiveView | None, interrupts: Interrupts,
+         callbacks: tuple) -> None:
+    """One Tuner run of `n` trials proposed by `searcher`, recorded by a StoreCallback. A
+    signal ends it (OnSignal); the trials it cut off are then recorded `interrupted`."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
@@ -146,6 +161,7 @@ def _fit(space: SearchSpace, groups: list[Group], searcher, scheduler, n: int, *
     limit = max_concurrent or s.max_concurrent or _slots(space)
     trainable = tune.with_parameters(run_trial, space=space, groups=groups, done=done,
                                      checkpoints=str(checkpoints))
+    recorder = StoreCallback(store, space.name, space, groups, view, interrupts=interrupts)
     tuner = tune.Tuner(
         tune.with_resources(trainable, trial_resources(space)),
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, limit),
@@ -154,93 +170,106 @@ def _fit(space: SearchSpace, groups: list[Group], searcher, scheduler, n: int, *
                                     reuse_actors=True),  # no new process (torch import) per trial
         run_config=tune.RunConfig(
             name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage),
-            verbose=0, callbacks=[StoreCallback(store, space.name, space, groups, view),
-                                  *callbacks],
-            failure_config=tune.FailureConfig(max_failures=0)))
-    tuner.fit()
+            verbose=0, callbacks=[recorder, *callbacks], stop=OnSignal(interrupts),
+            # a trial whose worker dies runs again, from its last checkpoint
+            failure_config=tune.FailureConfig(max_failures=s.max_failures)))
+    interrupts.tuning = True
+    try:
+        tuner.fit()
+    finally:
+        interrupts.tuning = False
+        if interrupts.signum is not None:
+            recorder.interrupt()
 
 
 def run_sweep(space: SearchSpace | str | Path, *, results: str | Path | None = None,
               address: str | None = None, max_concurrent: int | None = None,
-              progress: bool = True, callbacks: tuple = ()) -> SweepReport:
+              progress: bool | str | None = True, callbacks: tuple = (),
+              retry_failed: bool = False, force_new: bool = False) -> SweepReport:
     """Run every (budget, group) of a search space; returns counts by status.
 
     Results go to `results` (default results/NAME.duckdb). Ray: joins `address`, or uses
     the Ray already initialised in this process, or starts a local one for the run. Extra
-    Ray Tune `callbacks` see every trial (benchmarks use this)."""
+    Ray Tune `callbacks` see every trial (benchmarks use this). `progress`: True (a live
+    table on a terminal, else plain lines), 'live', 'plain', or False/None. `retry_failed`:
+    failed trials run again. `force_new`: start a new sweep name (NAME-2, ...) rather than
+    continue the file's sweep of this name; without it, a sweep of this name that ran
+    another YAML is refused (history.SweepChanged).
+
+    SIGINT/SIGTERM raise SweepInterrupted once the trials cut off are recorded
+    `interrupted` and the sweep is stamped so; a re-run resumes them."""
     t0 = time.perf_counter()
     if not isinstance(space, SearchSpace):
         space = load_space(space)
-    check_candidates(space)  # a (budget, group) that no candidate can run: refuse now
     path = Path(results) if results else store_path(space.name)
     path = path.resolve()
     store = ResultsStore(path)
+    space, note = sweep_name(store, space, force_new=force_new)
+    check_candidates(space)  # a (budget, group) that no candidate can run: refuse now
     groups = space.groups()
-    prev = Previous.load(path, space, groups)
+    prev = Previous.load(path, space, groups, retry_failed=retry_failed)
+    plan = plan_of(space, cell_flops(cell_costs(space)))
     owns_ray = start_ray(address)
-    status = "interrupted"
+    status, begun = "interrupted", False
     try:
-        _check_cluster(space)
-        _prepare_data(space)
-    except BaseException:
-        if owns_ray:
-            import ray
-
-            ray.shutdown()
-        raise
-    store.begin_sweep(space.name, space.yaml_text, git_revision=_git_revision(),
-                      versions=_versions())
-    work = runs_dir(path)
-    try:
-        with LiveView(space, enabled=progress) as view:
-            for tid, r in prev.done.items():
-                view.update(groups[prev.group_of[tid]], tid, "complete", r.get("final_val_loss"))
-            for tid, t in prev.trials.items():
-                if t.replicate and t.status in FINAL_STATUSES:
-                    view.update(groups[t.group], tid, t.status, replicate=t.replicate)
-            dirs = dict(checkpoints=checkpoints_dir(path), storage=work / "ray")
-            _run_all(space, store=store, prev=prev, max_concurrent=max_concurrent, view=view,
-                     callbacks=callbacks, **dirs)
-            # the cells' searches are done: select each one's point from what is stored
-            searched = Previous.load(path, space, groups)
-            selected = replicates.select(space, searched)
-            replicates.mark_selected(store, space, groups, searched, selected)
-            _run_replicates(space, replicates.pending(space, groups, searched, selected),
-                            store=store, max_concurrent=max_concurrent,
-                            view=view, callbacks=callbacks, **dirs)
-        # selection is final only now; an interrupted run prunes nothing (the next one will)
-        prune(store, space)
-        status = "complete"
+        with Interrupts() as interrupts:
+            _check_cluster(space)
+            check_data(space)
+            store.begin_sweep(space.name, space.yaml_text, git_revision=_git_revision(),
+                              versions=_versions())
+            begun = True
+            mode = "auto" if progress is True else (progress or None)
+            with LiveView(space, mode=mode, plan=plan) as view:
+                _show_previous(view, prev, groups)
+                run = dict(store=store, max_concurrent=max_concurrent, view=view,
+                           interrupts=interrupts, callbacks=callbacks,
+                           checkpoints=checkpoints_dir(path), storage=runs_dir(path) / "ray")
+                _run_all(space, prev=prev, **run)
+                interrupts.check()
+                # the cells' searches are done: select each one's point from what is stored
+                searched = Previous.load(path, space, groups, retry_failed=retry_failed)
+                selected = replicates.select(space, searched)
+                replicates.mark_selected(store, space, groups, searched, selected)
+                _run_replicates(space, replicates.pending(space, groups, searched, selected),
+                                **run)
+                interrupts.check()
+            # selection is final only now; an interrupted run prunes nothing (the next one will)
+            prune(store, space)
+            status = "complete"
+    except SweepInterrupted as e:
+        if begun:
+            store.end_sweep(space.name, status)
+            begun = False
+        raise SweepInterrupted(e.signum, _interrupted(space, path, e)) from None
     finally:
-        store.end_sweep(space.name, status)
+        if begun:
+            store.end_sweep(space.name, status)
         if owns_ray:
             import ray
 
             ray.shutdown()
-    skipped = len(prev.done) + sum(t.replicate > 0 and t.status == Status.COMPLETE
-                                   for t in prev.trials.values())
-    return SweepReport(space.name, path, _count(store, space.name), skipped,
-                       time.perf_counter() - t0)
+    after = Previous.load(path, space, groups)
+    return SweepReport(space.name, path, after.counts(), _complete(prev),
+                       time.perf_counter() - t0, note)
 
 
-def _prepare_data(space: SearchSpace) -> None:
-    """Load (and on first use tokenize and cache) every data source of the space once, in
-    the driver: a missing file stops the sweep before any trial, and trials never race to
-    build the same cache."""
-    import itertools
-
-    from spiralsearch.config import DataConfig
-    from spiralsearch.search.validate import values_of
-    from spiralsearch.training.loop import load_split
-
-    keys = ("source", "tokenizer", "val_fraction", "test_fraction", "split_seed")
-    options = [values_of(space.data.get(k, getattr(DataConfig(), k))) for k in keys]
-    for combo in itertools.product(*options):
-        load_split(DataConfig(**dict(zip(keys, combo, strict=True))))
+def _show_previous(view: LiveView, prev: Previous, groups: list[Group]) -> None:
+    """Put what earlier runs finished into the progress display."""
+    for tid, t in prev.trials.items():
+        if prev.settled(t.status) and (t.replicate or t.status == Status.COMPLETE):
+            view.update(groups[t.group], tid, t.status,
+                        prev.done.get(tid, {}).get("final_val_loss"), replicate=t.replicate,
+                        flops=t.train_flops, before=True)
 
 
-def _count(store: ResultsStore, sweep: str) -> dict[str, int]:
-    counts: dict[str, int] = defaultdict(int)
-    for s in store.trial_status(sweep).values():
-        counts[s] += 1
-    return dict(counts)
+def _complete(prev: Previous) -> int:
+    """Trials of the sweep's groups that were complete before this run."""
+    return sum(t.status == Status.COMPLETE for t in prev.trials.values())
+
+
+def _interrupted(space: SearchSpace, path: Path, e: SweepInterrupted) -> str:
+    """What an interrupted sweep left, and how to resume it."""
+    counts = Previous.load(path, space, space.groups()).counts() if path.exists() else {}
+    shown = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials"
+    return (f"sweep {space.name} interrupted by {e.name}: {shown} in {path}; run the same "
+            f"command again to resume (interrupted trials continue from their checkpoints)")

@@ -19,13 +19,18 @@ from ray.tune.search import Searcher
 
 
 class FixedSearch(Searcher):
-    """A 'search' over nothing: suggests the empty params (a group with no free options)."""
+    """A 'search' over nothing: suggests the empty params (a group with no free options).
+    Nothing is learnt, so a result (a resumed trial's) is taken and dropped."""
 
     def suggest(self, trial_id: str) -> dict:
         return {}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
+        pass
+
+    def add_evaluated_point(self, parameters: dict, value: float, error: bool = False,
+                            pruned: bool = False, intermediate_values=None) -> None:
         pass
 
 
@@ -132,11 +137,14 @@ class GroupedSearch(Searcher):
             return
         g, sub_id, params = self.owner.pop(trial_id)
         searcher = self.searchers[g]
+        value = (result or {}).get(self.metric)
+        if value is None or value != value:  # failed, refused or diverged: no value (NaN)
+            result, error = None, True  # Optuna records a failed trial, not a NaN value
         if sub_id is not None:
             searcher.on_trial_complete(sub_id, result, error)
-        elif result and hasattr(searcher, "add_evaluated_point") and not error:
+        elif result and not error:  # a resumed trial: its searcher never proposed it
             value = result.get(self.metric)
-            if value is not None and value == value:  # a resumed trial: teach its result
+            if value is not None and value == value:  # teach its result (NaN teaches nothing)
                 searcher.add_evaluated_point(params, value)
 
 

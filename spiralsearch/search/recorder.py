@@ -1,10 +1,15 @@
-"""The sweep driver's view of its trials: the single writer of the results file, and the
-live progress table (docs/design.md §4). Both are Ray Tune callbacks' state, kept in the driver.
+"""The sweep driver's view of its trials: the single writer of the results file, and what it
+tells the progress display (docs/design.md §4). Both are Ray Tune callbacks' state, kept in
+the driver. Every way a trial ends lands here: complete, stopped (ASHA), diverged, rejected
+or raised (the worker's own final report), its worker lost (Ray's error, classified by
+failures.py, after search.max_failures retries), or interrupted (a signal to the driver).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import signal
 import time
 from collections import defaultdict
 
@@ -19,22 +24,33 @@ from spiralsearch.schema import (
     Status,
     pick,
 )
+from spiralsearch.search.failures import classify
+from spiralsearch.search.interrupts import Interrupts
+from spiralsearch.search.progress import LiveView
 from spiralsearch.search.space import Group, SearchSpace, size_target, trial_config
 from spiralsearch.store import ResultsStore
+
+__all__ = ["LiveView", "StoreCallback"]
 
 
 class StoreCallback(Callback):
     """The single writer: trial rows and metrics into DuckDB in short, batched transactions
     (at most every `flush_s` seconds, and at every trial end). Opens nothing until the first
-    write, as Ray pickles callbacks with the run config."""
+    write, as Ray pickles callbacks with the run config. `interrupts`: once a signal came,
+    a trial whose worker dies is `interrupted`, not failed (a Ctrl-C reaches the workers
+    too), and `interrupt()` marks the trials still running."""
 
     def __init__(self, store: ResultsStore, sweep: str, space: SearchSpace, groups: list[Group],
-                 view: LiveView | None = None, flush_s: float = 2.0):
+                 view: LiveView | None = None, flush_s: float = 2.0,
+                 interrupts: Interrupts | None = None):
         self.store, self.sweep, self.space, self.groups = store, sweep, space, groups
-        self.view, self.flush_s = view, flush_s
+        self.view, self.flush_s, self.interrupts = view, flush_s, interrupts
         self._trials: list[dict] = []
         self._metrics: dict[str, list[dict]] = defaultdict(list)
         self._best: dict[str, float] = {}  # lowest val loss reported so far, per trial
+        self._live: dict[str, object] = {}  # Ray trial id -> trial, started and not ended
+        self._last: dict[str, dict] = {}  # Ray trial id -> its last evaluation report
+        self._retries: dict[str, list[str]] = defaultdict(list)  # why earlier attempts ended
         self._last_flush = 0.0
 
     def _group(self, trial) -> Group:
@@ -52,52 +68,123 @@ class StoreCallback(Callback):
                     family=self.space.family_of(spec), group_name=group.name,
                     size_index=group.size,
                     size_target=size_target(self.space, group, trial.config["params"]),
-                    spec=spec, replicate=r, point_id=config.point_id) \
+                    spec=spec, replicate=r, point_id=config.point_id,
+                    attempts=_attempts(trial)) \
             | ({"selected": True} if r else {}) | fields
 
-    def _view(self, trial, tid: str | None, status: str, loss: float | None = None) -> None:
+    def _view(self, trial, status: str, loss: float | None = None, **kw) -> None:
         if self.view:
-            self.view.update(self._group(trial), tid, status, loss, replicate=_replicate(trial))
+            self.view.update(self._group(trial), self._config(trial).trial_id, status, loss,
+                             replicate=_replicate(trial), **kw)
+
+    def _interrupted(self) -> bool:
+        return self.interrupts is not None and self.interrupts.signum is not None
+
+    def _history(self, trial, error: str | None) -> str | None:
+        """The trial's error, after why its earlier attempts ended (if it was retried)."""
+        earlier = self._retries.get(trial.trial_id)
+        if not earlier:
+            return error
+        return "; ".join(([error] if error else []) + earlier)[-2000:]
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._trials.append(self._row(trial, status=Status.RUNNING.value))
-        self._view(trial, self._config(trial).trial_id, "running")
-        self._flush()
+        self._live[trial.trial_id] = trial
+        self._trials.append(self._row(trial, status=Status.RUNNING.value,
+                                      error=self._history(trial, None)))
+        self._view(trial, "running")
+        self._flush(force=True)  # readers see what runs; a killed driver leaves it `running`
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get("status") == Status.RUNNING and "step" in result:
             tid = result["config_hash"]
             self._metrics[tid].append(pick(result, METRIC_KEYS))
             self._best[tid] = min(self._best.get(tid, math.inf), result["val_loss"])
+            self._last[trial.trial_id] = result
+            if self.view:
+                self.view.step(tid, result["step"], result.get("planned_steps"),
+                               result.get("train_flops"))
         if time.monotonic() - self._last_flush > self.flush_s:
             self._flush()
 
+    def on_step(self, iteration, trials, **info):
+        if self.view:
+            self.view.tick()
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """Ray will run the trial again (search.max_failures): it resumes from its last
+        checkpoint. Recorded as still running, with why this attempt ended."""
+        failure, reason = classify(*_error(trial))
+        n = _attempts(trial, ended=True)  # the attempt that just ended
+        self._retries[trial.trial_id].append(f"attempt {n} ended ({failure}): {reason}")
+        self._trials.append(self._row(trial, status=Status.RUNNING.value,
+                                      error=self._history(trial, "retrying from its last "
+                                                          "checkpoint")))
+        self._flush(force=True)
+
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self._live.pop(trial.trial_id, None)
         r = trial.last_result or {}
         status = r.get("status", Status.FAILED.value)
         if status == Status.RUNNING:  # the scheduler (ASHA) stopped it early
             status = Status.STOPPED.value
         fields = {k: v for k, v in pick(r, SUMMARY_KEYS).items()
-                  if k not in ("family", "spec", *CELL_KEYS, *REPLICATE_KEYS)}
+                  if k not in ("family", "spec", "attempts", *CELL_KEYS, *REPLICATE_KEYS)}
         if status == Status.STOPPED:
-            fields |= dict(final_val_loss=r.get("val_loss"), final_val_bpb=r.get("val_bpb"),
-                           best_val_loss=self._best.get(r.get("config_hash"), math.nan))
+            fields |= _so_far(r, self._best.get(r.get("config_hash"), math.nan))
         if "step" in r and r.get("status") != Status.RUNNING and not r.get("cached"):
             self._metrics[r["config_hash"]].append(pick(r, METRIC_KEYS))
+        for row in json.loads(r.get("history") or "[]"):  # all of a finished trial's evaluations
+            self._metrics[r["config_hash"]].append(pick(row, METRIC_KEYS))
+        fields["error"] = self._history(trial, fields.get("error"))
+        if status != Status.FAILED:
+            fields["failure"] = None
         self._trials.append(self._row(trial, **(fields | dict(status=status))))
-        self._view(trial, r.get("config_hash"), status, r.get("final_val_loss"))
+        self._view(trial, status, fields.get("final_val_loss", r.get("final_val_loss")),
+                   seconds=r.get("wall_seconds"), flops=r.get("train_flops"),
+                   failure=fields.get("failure"))
         self._flush(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        try:
-            error = trial.get_error()
-        except Exception:  # noqa: BLE001 — the message is a courtesy; the status is what counts
-            error = None
-        error = error or "the trial's process died (out of memory?)"
-        self._trials.append(self._row(trial, status=Status.FAILED.value,
-                                      error=str(error)[-2000:]))
-        self._view(trial, self._config(trial).trial_id, "failed")
+        """Ray gave up on the trial: its worker died, ran out of memory or lost its node,
+        max_failures times over. After a signal to the driver it was interrupted."""
+        self._live.pop(trial.trial_id, None)
+        if self._interrupted():
+            self._mark_interrupted(trial)
+            return
+        failure, reason = classify(*_error(trial))
+        self._trials.append(self._row(trial, status=Status.FAILED.value, failure=failure,
+                                      attempts=_attempts(trial, ended=True),
+                                      error=self._history(trial, reason)))
+        self._view(trial, "failed", failure=failure)
         self._flush(force=True)
+
+    def interrupt(self) -> int:
+        """Mark every trial still running `interrupted`, with its last metrics (a re-run
+        resumes it from its checkpoint); returns how many."""
+        n = 0
+        for trial in list(self._live.values()):
+            self._mark_interrupted(trial)
+            n += 1
+        self._live.clear()
+        self._flush(force=True)
+        return n
+
+    def _mark_interrupted(self, trial) -> None:
+        signum = self.interrupts.signum if self.interrupts else None
+        what = signal.Signals(signum).name if signum else "a signal"
+        last = self._last.get(trial.trial_id, {})
+        fields = _so_far(last, self._best.get(last.get("config_hash"), math.nan)) \
+            if last else {}
+        at = f" at step {last['step']}" if "step" in last else " before its first evaluation"
+        fields |= {k: last[k] for k in ("tokens", "train_flops", "wall_seconds",
+                                        "params_non_embedding", "flops_per_token",
+                                        "budget_kind") if k in last}
+        if "step" in last:
+            fields["steps"] = last["step"]
+        self._trials.append(self._row(trial, status=Status.INTERRUPTED.value, **fields,
+                                      error=self._history(trial, f"interrupted by {what}{at}"
+                                                          "; a re-run resumes it")))
+        self._view(trial, "interrupted")
 
     def on_experiment_end(self, trials, **info):
         self._flush(force=True)
@@ -111,71 +198,47 @@ class StoreCallback(Callback):
         self._last_flush = time.monotonic()
 
 
+def _so_far(r: dict, best: float) -> dict:
+    """A trial cut short (stopped, interrupted): its last evaluation as its final losses."""
+    return dict(final_val_loss=r.get("val_loss"), final_val_bpb=r.get("val_bpb"),
+                best_val_loss=best)
+
+
+def _attempts(trial, ended: bool = False) -> int:
+    """Times the trial's worker started: one per failure Ray counted, plus the start that
+    is running (unless `ended`: the last failure ended it)."""
+    try:
+        failures = int(trial.run_metadata.num_failures)
+    except (AttributeError, TypeError, ValueError):
+        failures = 0
+    return max(1, failures + (0 if ended else 1))
+
+
+def _error(trial) -> tuple[BaseException | None, str | None]:
+    """The exception Ray pickled for the trial's latest failure, and Ray's error text of
+    it (read from the trial's local folder: the storage copy may not be synced yet)."""
+    exc = text = None
+    try:
+        import cloudpickle
+
+        if trial.pickled_error_file:
+            with open(trial.pickled_error_file, "rb") as f:
+                exc = cloudpickle.load(f)
+    except Exception:  # noqa: BLE001 — the text below is enough to classify
+        exc = None
+    try:
+        if trial.error_file:
+            with open(trial.error_file) as f:
+                text = f.read().rsplit("Failure # ", 1)[-1]  # the latest failure only
+    except (OSError, AttributeError):
+        text = None
+    if exc is None and text is None:
+        try:
+            text = trial.get_error()
+        except Exception:  # noqa: BLE001 — no message: classify says so
+            text = None
+    return exc, text
+
+
 def _replicate(trial) -> int:
     return trial.config.get("replicate", 0)
-
-
-class LiveView:
-    """A live table: trials done / running / failed per (budget, group), best loss so far
-    (search trials), and with search.replicates > 1 the replicates done."""
-
-    def __init__(self, space: SearchSpace, enabled: bool = True):
-        self.space, self.enabled = space, enabled
-        self.status: dict[tuple, dict[str, str]] = defaultdict(dict)
-        self.replicas: dict[tuple, dict[str, str]] = defaultdict(dict)
-        self.best: dict[tuple, float] = {}
-        self.live = None
-
-    def __getstate__(self) -> dict:  # Ray pickles callbacks; the live display stays here
-        return self.__dict__ | {"live": None}
-
-    def __enter__(self) -> LiveView:
-        if self.enabled:
-            from rich.live import Live
-
-            self.live = Live(self._table(), refresh_per_second=2, transient=False)
-            self.live.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.live is not None:
-            self.live.update(self._table())
-            self.live.stop()
-            print()
-
-    def update(self, group: Group, tid: str | None, status: str, loss: float | None = None,
-               replicate: int = 0):
-        key = (group.budget.value, group.label)
-        if replicate:  # a measurement of the selected point, not a search trial
-            self.replicas[key][tid or f"?{len(self.replicas[key])}"] = status
-            if self.live is not None:
-                self.live.update(self._table())
-            return
-        self.status[key][tid or f"?{len(self.status[key])}"] = status
-        if loss is not None and math.isfinite(loss):
-            self.best[key] = min(loss, self.best.get(key, math.inf))
-        if self.live is not None:
-            self.live.update(self._table())
-
-    def _table(self):
-        from rich.table import Table
-
-        t = Table(title=f"sweep {self.space.name}")
-        reps = self.space.search.replicates - 1
-        for c in ("budget", "group", "done", "running", "failed/rejected", "best val loss",
-                  *(("replicates",) if reps else ())):
-            t.add_column(c, justify="right")
-        for g in self.space.groups():
-            key = (g.budget.value, g.label)
-            st = list(self.status[key].values())
-            done = sum(s in ("complete", "stopped", "diverged") for s in st)
-            bad = sum(s in ("failed", "rejected") for s in st)
-            best = self.best.get(key)
-            extra = ()
-            if reps:
-                rs = list(self.replicas[key].values())
-                extra = (f"{sum(s not in ('running', 'pending') for s in rs)}/{reps}",)
-            t.add_row(f"{g.budget.value:.3g}", g.label, f"{done}/{g.n_samples(self.space)}",
-                      str(st.count("running")), str(bad), "-" if best is None else f"{best:.4f}",
-                      *extra)
-        return t

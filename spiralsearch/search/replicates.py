@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from spiralsearch.schema import FINAL_STATUSES, Status
+from spiralsearch.schema import Status
 from spiralsearch.search.resume import Previous
 from spiralsearch.search.space import Group, SearchSpace, trial_config
 from spiralsearch.store import ResultsStore
@@ -39,14 +39,15 @@ def select(space: SearchSpace, prev: Previous) -> dict[int, str]:
 def pending(space: SearchSpace, groups: list[Group], prev: Previous,
             selected: dict[int, str]) -> list[dict]:
     """Tuner trial configs ({"group", "params", "replicate"}) of the replicates still to run:
-    1 .. R - 1 of each selected point, less those stored with a final status. Those an
-    earlier run left unfinished come first (they resume from their checkpoints)."""
+    1 .. R - 1 of each selected point, less those stored with a final status (failed ones
+    run again with --retry-failed). Those an earlier run left unfinished come first (they
+    resume from their checkpoints)."""
     out: list[tuple[bool, dict]] = []
     for g, tid in sorted(selected.items()):
         for r in range(1, space.search.replicates):
             trial = {"group": g, "params": prev.trials[tid].params, "replicate": r}
             stored = prev.trials.get(trial_config(space, groups, trial).trial_id)
-            if stored is None or stored.status not in FINAL_STATUSES:
+            if stored is None or not prev.settled(stored.status):
                 out.append((stored is None, trial))
     return [t for _, t in sorted(out, key=lambda x: x[0])]
 
@@ -68,7 +69,8 @@ def mark_selected(store: ResultsStore, space: SearchSpace, groups: list[Group],
             sel = t.replicate < space.search.replicates \
                 and point.get(t.group) == config.point_id
         if (t.point_id, t.selected) != (config.point_id, sel):
-            rows.append(dict(sweep=space.name, config=config.to_dict(), replicate=t.replicate,
+            rows.append(dict(sweep=t.sweep or space.name, config=config.to_dict(),
+                             replicate=t.replicate,
                              point_id=config.point_id, selected=sel))
     if rows:
         store.write(trials=rows)

@@ -1,7 +1,14 @@
 """What earlier runs of a sweep left in its results file, so a re-run skips complete trials,
 teaches Optuna their results and resumes the unfinished ones first (docs/design.md §4).
-Replicates (re-runs of a cell's selected point with other seeds) are kept apart: they never
-count against a group's search quota nor teach its searcher.
+Unfinished: `running` or `pending` (the driver was killed) and `interrupted` (Ctrl-C or
+SIGTERM); with --retry-failed, `failed` too. Replicates (re-runs of a cell's selected point
+with other seeds) are kept apart: they never count against a group's search quota nor teach
+its searcher.
+
+A trial_id is the hash of its config, so a complete trial of another sweep in the same file
+whose config one of this sweep's groups gives (a sweep started anew with --force-new, or
+another YAML run into the file) is the same experiment: it counts as done here too, and
+keeps its row (and `sweep`) as it is.
 """
 
 
@@ -39,6 +46,8 @@ class Stored:
     objective: float | None  # the search metric, for a complete trial
     point_id: str | None  # as stored (None in files from before replicates)
     selected: bool | None
+    sweep: str = ""  # the sweep whose row it is (another one's, for an adopted trial)
+    train_flops: float | None = None  # training FLOPs it ran (progress counts them)
 
 
 @dataclass
@@ -53,41 +62,70 @@ class Previous:
     evaluated: dict[int, list[tuple[dict, float]]] = field(default_factory=dict)
     unfinished: dict[int, list[dict]] = field(default_factory=dict)  # killed mid-run
     trials: dict[str, Stored] = field(default_factory=dict)  # every trial, replicates too
+    retry: frozenset[str] = frozenset()  # final statuses to run again (--retry-failed)
+
+    def settled(self, status: str) -> bool:
+        """Whether a stored trial with this status is left alone by this run."""
+        return status in FINAL_STATUSES and status not in self.retry
 
     @classmethod
-    def load(cls, results: Path, space: SearchSpace, groups: list[Group]) -> Previous:
-        prev = cls()
+    def load(cls, results: Path, space: SearchSpace, groups: list[Group], *,
+             retry_failed: bool = False) -> Previous:
+        """Read the results file (nothing when it does not exist). `retry_failed`: failed
+        trials count as unfinished, so they run again (from their checkpoints if kept)."""
+        prev = cls(retry=frozenset({Status.FAILED.value}) if retry_failed else frozenset())
         if not results.exists():
             return prev
         df = load(results)
-        for r in df[df["sweep"] == space.name].to_dict("records") if len(df) else []:
+        for r in df.to_dict("records") if len(df) else []:
+            if r["sweep"] != space.name and r["status"] != Status.COMPLETE:
+                continue  # another sweep's unfinished trial: that sweep resumes it
             config = r["config"] if isinstance(r["config"], dict) else json.loads(r["config"])
             rep = _replicate_of(r)
             g = _group_of(r, config, space, groups, rep)
             if g is None:  # the YAML changed since: not part of this sweep's groups now
                 continue
-            params = _params(config, groups[g].optuna_space(space))
-            status = r["status"]
-            value = r[_STORED_METRIC[space.search.metric]] if status == Status.COMPLETE else None
-            sel = r.get("selected")
-            prev.trials[r["trial_id"]] = Stored(
-                g, rep, params, status, value,
-                r["point_id"] if isinstance(r.get("point_id"), str) else None,
-                bool(sel) if isinstance(sel, bool | np.bool_) else None)
-            if rep:  # a replicate: a measurement, not part of the search
-                continue
-            if status == Status.COMPLETE:
-                result = {k: v for k, v in pick(r, SUMMARY_KEYS).items()
-                          if k not in REPLICATE_KEYS}
-                result[OBJECTIVE] = value
-                prev.done[r["trial_id"]] = result
-                prev.group_of[r["trial_id"]] = g
-                prev.evaluated.setdefault(g, []).append((params, result[OBJECTIVE]))
-            if status in FINAL_STATUSES:
-                prev.finished[g] = prev.finished.get(g, 0) + 1
-            else:
-                prev.unfinished.setdefault(g, []).append(params)
+            prev._add(r, g, rep, _params(config, groups[g].optuna_space(space)), space)
         return prev
+
+    def _add(self, r: dict, g: int, rep: int, params: dict, space: SearchSpace) -> None:
+        status, tid = r["status"], r["trial_id"]
+        value = r[_STORED_METRIC[space.search.metric]] if status == Status.COMPLETE else None
+        sel = r.get("selected")
+        self.trials[tid] = Stored(
+            g, rep, params, status, value,
+            r["point_id"] if isinstance(r.get("point_id"), str) else None,
+            bool(sel) if isinstance(sel, bool | np.bool_) else None, r["sweep"],
+            _float(r.get("train_flops")))
+        if rep:  # a replicate: a measurement, not part of the search
+            return
+        if status == Status.COMPLETE:
+            result = {k: v for k, v in pick(r, SUMMARY_KEYS).items()
+                      if k not in REPLICATE_KEYS}
+            result[OBJECTIVE] = value
+            self.done[tid] = result
+            self.group_of[tid] = g
+            self.evaluated.setdefault(g, []).append((params, result[OBJECTIVE]))
+        if self.settled(status):
+            self.finished[g] = self.finished.get(g, 0) + 1
+        else:
+            self.unfinished.setdefault(g, []).append(params)
+
+    def counts(self) -> dict[str, int]:
+        """Trials of the sweep's current groups by status, replicates included."""
+        out: dict[str, int] = {}
+        for t in self.trials.values():
+            out[t.status] = out.get(t.status, 0) + 1
+        return out
+
+
+def _float(v) -> float | None:
+    """A stored number, or None for NULL (None, NaN, pd.NA)."""
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v if v == v else None
 
 
 def _replicate_of(row: dict) -> int:

@@ -14,6 +14,12 @@ from spiralsearch.search.validate import (
 )
 
 
+def startup_trials(settings: SearchSettings) -> int:
+    """Random trials TPE runs in a cell before its model guides the search. TPE's default
+    10 would be every trial of a small cell."""
+    return min(10, max(2, settings.samples_per_budget // 3))
+
+
 def make_sampler(settings: SearchSettings, seed: int | None = None,
                  search_space: dict[str, optuna.distributions.BaseDistribution] | None = None,
                  ) -> optuna.samplers.BaseSampler:
@@ -24,9 +30,7 @@ def make_sampler(settings: SearchSettings, seed: int | None = None,
     numeric = [k for k, d in space.items()
                if not isinstance(d, optuna.distributions.CategoricalDistribution)]
     if settings.sampler == "tpe":
-        # TPE's default 10 random start-up trials would be every trial of a small group.
-        startup = min(10, max(2, settings.samples_per_budget // 3))
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(settings))
     if settings.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if settings.sampler == "grid":

@@ -78,6 +78,9 @@ class SearchSettings(Config):
     replicates: int = opt(1, "runs of each (budget, group)'s selected point: its best "
                           "search trial, then R - 1 re-runs with train.seed + 1 .. + R - 1",
                           check=lambda v: v >= 1, what=">= 1")
+    max_failures: int = opt(1, "retries of a trial whose worker died, ran out of memory or "
+                            "lost its node (from its last checkpoint); an exception in "
+                            "training is not retried", check=lambda v: v >= 0, what=">= 0")
     keep_checkpoints: str = opt("selected", "which trials keep their final checkpoint: "
                                 "selected (the replicates of each cell's selected point), "
                                 "all, or none", choices=("selected", "all", "none"))
@@ -85,12 +88,17 @@ class SearchSettings(Config):
 
 @dataclass(frozen=True)
 class Resources(Config):
-    """Per trial: CPU cores and GPUs (a fraction shares one GPU; more than 1, whole GPUs)."""
+    """Per trial: CPU cores and GPUs (a fraction shares one GPU; more than 1, whole GPUs),
+    and optionally memory."""
 
     cpu: float = opt(1.0, "CPU cores per trial", check=lambda v: v > 0, what="> 0")
     gpu: float = opt(0.0, "GPUs per trial (0.5: two trials share a GPU)",
                      check=lambda v: v >= 0 and (v <= 1 or v == int(v)),
                      what="a fraction in [0, 1] or a whole number of GPUs")
+    memory_gb: float | None = opt(None, "memory a trial may allocate on top of its worker's "
+                                  "own (Ray and torch), GiB: Ray schedules by it, and a CPU "
+                                  "trial that allocates past it fails as out of memory "
+                                  "(null: no limit)", check=lambda v: v > 0, what="> 0")
 
 
 @dataclass(frozen=True)

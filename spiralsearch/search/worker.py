@@ -1,6 +1,8 @@
 """The trial, run inside a Ray worker: resolve its config, train it, report every evaluation
 to Ray Tune (docs/design.md §4). A trial's own failure (a refused budget, a divergence, an
-exception) becomes a final report with its status and error, so the sweep goes on. Its
+exception) becomes a final report with its status and error, so the sweep goes on; running
+out of memory is raised to Ray instead, which retries it (search.max_failures, failures.py).
+Its
 folder (checkpoints and summary.json) stays when it ends; the driver prunes the folders
 that search.keep_checkpoints does not keep once the sweep is done (checkpoints.py).
 """
@@ -8,11 +10,13 @@ that search.keep_checkpoints does not keep once the sweep is done (checkpoints.p
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 from spiralsearch.config import TrialConfig
 from spiralsearch.schema import METRIC_KEYS, SUMMARY_KEYS, Status, pick
+from spiralsearch.search.failures import TrialOutOfMemory, is_oom, memory_limit
 from spiralsearch.search.space import (
     Group,
     Resources,
@@ -50,7 +54,9 @@ def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dic
     evaluation to Ray Tune.
 
     Never raises for a trial's own failure: a refused budget, a divergence or an exception
-    becomes a final report with its status and error, so the sweep goes on."""
+    becomes a final report with its status and error, so the sweep goes on. Running out of
+    memory (past resources.memory_gb, or the machine's) raises TrialOutOfMemory, so Ray
+    retries the trial from its last checkpoint."""
     if report is None:
         from ray import tune
 
@@ -79,7 +85,8 @@ def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dic
         return
     # known before training, so even a trial ASHA stops early has them in the store
     base |= dict(params_non_embedding=plan.params_non_embedding,
-                 flops_per_token=plan.flops_per_token, budget_kind=plan.kind)
+                 flops_per_token=plan.flops_per_token, budget_kind=plan.kind,
+                 planned_steps=plan.steps)  # for the progress display
     out = Path(checkpoints) / tid
 
     best = [math.inf]
@@ -90,13 +97,27 @@ def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dic
                | {OBJECTIVE: objective(space.search.metric, row, best[0])})
 
     try:
-        result = train(cfg, out_dir=out, callback=on_eval)
+        with memory_limit(space.resources.memory_gb if cfg.train.device == "cpu" else None):
+            result = train(cfg, out_dir=out, callback=on_eval)
     except Exception as e:  # noqa: BLE001 — any crash is this trial's failure, not the sweep's
-        report(base | failed | dict(status=Status.FAILED.value,
+        if is_oom(e):  # the memory is freed by now; Ray retries (and records) it
+            limit = space.resources.memory_gb
+            raise TrialOutOfMemory(f"{type(e).__name__}: {_first_line(e)}" + (
+                f" (limit resources.memory_gb: {limit:g})" if limit else "")) from None
+        report(base | failed | dict(status=Status.FAILED.value, failure="raised",
                                     error=f"{type(e).__name__}: {e}"))
         return
     s = result.summary
     last = result.metrics[-1] if result.metrics else {}
+    # every evaluation again, restored ones included: a report that a kill or a Ctrl-C cut
+    # off before it reached the store lands now (metrics upsert by step: no duplicates). As
+    # JSON text: Ray's TensorBoard logger warns about a list, and skips text quietly.
     report(base | pick(last, METRIC_KEYS) | pick(s, SUMMARY_KEYS)
-           | {OBJECTIVE: objective(space.search.metric, last, s["best_val_loss"])})
+           | {OBJECTIVE: objective(space.search.metric, last, s["best_val_loss"]),
+              "history": json.dumps(result.metrics)})
     # `out` stays: selection is only known once the sweep is done (checkpoints.prune)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    return lines[0][:300] if lines else ""

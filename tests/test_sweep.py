@@ -240,3 +240,57 @@ def test_unrunnable_sweeps_stop_before_any_trial(ray_session, tmp_path):
     with pytest.raises(ClusterError, match="asks 4 GPUs but the Ray cluster has 2"):
         run_sweep(greedy, results=tmp_path / "b.duckdb", progress=False)
     assert not (tmp_path / "a.duckdb").exists() and not (tmp_path / "b.duckdb").exists()
+
+
+def test_a_relative_data_path_is_read_from_the_sweeps_folder(ray_session, tmp_path,
+                                                              monkeypatch):
+    """Ray runs each trial in a folder of its own: `tokens:data/tiny.bin` must still mean the
+    folder the sweep was started from (every trial used to be rejected, 'no such file'). The
+    stored config keeps the path as written."""
+    import numpy as np
+
+    monkeypatch.setenv("SPIRALSEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (np.arange(20_000, dtype=np.uint16) % 251).tofile(tmp_path / "data" / "tiny.bin")
+    space = parse_space(space_yaml("relpath", specs=("2",),
+                                   source="tokens:data/tiny.bin:vocab=256"))
+    report = run_sweep(space, results=tmp_path / "rel.duckdb", progress=False)
+    assert report.counts == {"complete": 1}
+    (config,) = [json.loads(c) if isinstance(c, str) else c
+                 for c in load(tmp_path / "rel.duckdb")["config"]]
+    assert config["data"]["source"] == "tokens:data/tiny.bin:vocab=256"
+
+
+def test_packed_fake_gpus_run_four_at_once_and_record_the_cuda_error(ray_session, tmp_path,
+                                                                     monkeypatch):
+    """2 logical GPUs at gpu: 0.5 (and cpu: 0.5): 4 trials at once, the fewest of CPU and
+    GPU slots. There is no CUDA here, so each trial fails, and the store says why."""
+    from ray.tune import Callback
+
+    class InFlight(Callback):
+        def __init__(self):
+            self.now, self.most = 0, 0
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.now += 1
+            self.most = max(self.most, self.now)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.now -= 1
+
+        on_trial_error = on_trial_complete
+
+    monkeypatch.setenv("SPIRALSEARCH_CACHE", str(tmp_path / "cache"))
+    space = parse_space(space_yaml(
+        "packed", specs=("2",), lr="{loguniform: [1.0e-3, 1.0e-2]}",
+        resources="cpu: 0.5, gpu: 0.5",
+        search="sampler: random, scheduler: none, samples_per_budget: 4, seed: 0"))
+    seen = InFlight()
+    report = run_sweep(space, results=tmp_path / "gpu.duckdb", progress=False,
+                       callbacks=(seen,))
+    assert report.counts == {"failed": 4}
+    assert seen.most == 4
+    trials = load(tmp_path / "gpu.duckdb")
+    assert (trials["failure"] == "raised").all()
+    assert trials["error"].str.contains("CUDA", case=False).all(), list(trials["error"])

@@ -86,16 +86,17 @@ def _dry_run(args: argparse.Namespace, space) -> int:
     """Every check the run makes before its first trial (exit 2 where it would refuse),
     then the candidate table, the grid size, a run-time estimate and warnings."""
     from spiralsearch.search.candidates import cell_costs, check_candidates
-    from spiralsearch.search.preflight import check_data, check_machine, slots, warnings
+    from spiralsearch.search.cluster import slots
+    from spiralsearch.search.preflight import check_data, check_machine, warnings
 
     rows = check_candidates(space)
     datasets = check_data(space)
-    where = check_machine(space, args.address)
+    where, nodes = check_machine(space, args.address)
     costs = cell_costs(space)
     notes = warnings(space, costs, datasets)
     emit(args, rows, lambda: (_candidate_table(space, rows),
                               _plan(args, space, costs, where,
-                                    slots(space, None, args.max_concurrent))))
+                                    slots(space, nodes, args.max_concurrent))))
     for n in notes:
         print(f"{args.prog}: warning: {n}", file=sys.stderr)
     return 0

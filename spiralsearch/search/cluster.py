@@ -103,15 +103,12 @@ def trial_resources(space: SearchSpace) -> dict[str, float]:
     return out
 
 
-def _slots(space: SearchSpace) -> int:
-    import ray
-
-    cpus = ray.cluster_resources().get("CPU", 1)
-    return max(1, int(cpus // max(space.resources.cpu, 1e-9)))
-
-
 class ClusterError(ValueError):
     """The Ray cluster cannot run one trial of this space (too few CPUs, GPUs or memory)."""
+
+
+# A node's resources use Ray's names: {"CPU": n, "GPU": n, "memory": bytes}. A trial runs on
+# one node, so every check holds per node: a cluster of 2 + 1 GPUs cannot hold a 3-GPU trial.
 
 
 def machine_resources() -> dict[str, float]:
@@ -124,23 +121,65 @@ def machine_resources() -> dict[str, float]:
             "memory": float(memory)}
 
 
-def check_resources(space: SearchSpace, have: dict[str, float], where: str) -> None:
-    """Refuse a space one of whose trials `have` (Ray's resource names: CPU, GPU, memory)
-    can never hold: Ray would wait forever. `where` names it in the message."""
-    for key, name in (("cpu", "CPU"), ("gpu", "GPU")):
-        need = getattr(space.resources, key)
-        if need > have.get(name, 0):
-            raise ClusterError(f"resources.{key}: each trial asks {need:g} {name}s but {where} "
-                               f"has {have.get(name, 0):g}; lower it, or run on a cluster "
-                               f"that has them (--address)")
-    gib = space.resources.memory_gb
-    if gib and gib * GIB > have.get("memory", 0):
-        raise ClusterError(f"resources.memory_gb: each trial asks {gib:g} GiB but {where} "
-                           f"offers {have.get('memory', 0) / GIB:.3g} GiB to trials")
-
-
-def _check_cluster(space: SearchSpace) -> None:
-    """Refuse a space whose trials the running Ray can never schedule."""
+def ray_nodes() -> list[dict[str, float]]:
+    """The resources of every alive node of the running Ray cluster."""
     import ray
 
-    check_resources(space, ray.cluster_resources(), "the Ray cluster")
+    return [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
+
+
+def _asks(space: SearchSpace) -> dict[str, float]:
+    """One trial's demand in Ray's resource names (memory in bytes, when set)."""
+    r = space.resources
+    out = {"CPU": r.cpu, "GPU": r.gpu}
+    if r.memory_gb:
+        out["memory"] = r.memory_gb * GIB
+    return out
+
+
+def fits(space: SearchSpace, node: dict[str, float]) -> int:
+    """How many trials of the space one node holds at once (Ray packs fractional GPUs)."""
+    n = None
+    for name, need in _asks(space).items():
+        if need > 0:
+            k = int(node.get(name, 0) // need + 1e-9)
+            n = k if n is None else min(n, k)
+    return n if n is not None else 1
+
+
+def slots(space: SearchSpace, nodes: list[dict[str, float]],
+          max_concurrent: int | None = None) -> int:
+    """Trials at once: --max-concurrent, search.max_concurrent, else what the nodes hold,
+    node by node: the fewest of CPU slots, GPU slots (and memory slots) on each, summed.
+    So 16 CPUs and 1 GPU at gpu: 0.25 give 4, not 16 (Optuna gets no proposals it cannot
+    run and learn from)."""
+    if max_concurrent or space.search.max_concurrent:
+        return int(max_concurrent or space.search.max_concurrent)
+    return max(1, sum(fits(space, n) for n in nodes))
+
+
+def check_resources(space: SearchSpace, nodes: list[dict[str, float]], where: str) -> None:
+    """Refuse a space one of whose trials no single node of `nodes` can hold: Ray would wait
+    forever. `where` names the machine or cluster in the message."""
+    if any(fits(space, n) >= 1 for n in nodes):
+        return
+    one = len(nodes) == 1
+    for name, key, unit, scale in (("CPU", "cpu", "CPUs", 1), ("GPU", "gpu", "GPUs", 1),
+                                   ("memory", "memory_gb", "GiB", GIB)):
+        need = _asks(space).get(name, 0)
+        best = max((n.get(name, 0) for n in nodes), default=0)
+        if need > best:
+            has = f"{where} has {best / scale:.3g}" if one else (
+                f"no node of {where} has that many (the most on one node: {best / scale:.3g})")
+            raise ClusterError(f"resources.{key}: each trial asks {need / scale:g} {unit} but "
+                               f"{has}; lower it, or run on a cluster that has them "
+                               f"(--address)")
+    raise ClusterError(f"resources: no node of {where} has the CPUs, GPUs and memory of one "
+                       f"trial together ({_asks(space)}); nodes: {nodes}")
+
+
+def _check_cluster(space: SearchSpace) -> list[dict[str, float]]:
+    """Refuse a space whose trials the running Ray can never schedule; returns its nodes."""
+    nodes = ray_nodes()
+    check_resources(space, nodes, "the Ray cluster")
+    return nodes

@@ -28,7 +28,13 @@ from spiralsearch.schema import Status
 from spiralsearch.search import replicates
 from spiralsearch.search.candidates import cell_costs, check_candidates
 from spiralsearch.search.checkpoints import checkpoints_dir, prune, runs_dir
-from spiralsearch.search.cluster import _check_cluster, _slots, start_ray, trial_resources
+from spiralsearch.search.cluster import (
+    _check_cluster,
+    ray_nodes,
+    slots,
+    start_ray,
+    trial_resources,
+)
 from spiralsearch.search.history import sweep_name
 from spiralsearch.search.interrupts import Interrupts, OnSignal, SweepInterrupted
 from spiralsearch.search.preflight import cell_flops, check_data
@@ -158,9 +164,9 @@ def _fit(space: SearchSpace, groups: list[Group], searcher, scheduler, n: int, *
     from ray.tune.search import ConcurrencyLimiter
 
     s = space.search
-    limit = max_concurrent or s.max_concurrent or _slots(space)
+    limit = slots(space, ray_nodes(), max_concurrent)
     trainable = tune.with_parameters(run_trial, space=space, groups=groups, done=done,
-                                     checkpoints=str(checkpoints))
+                                     checkpoints=str(checkpoints), base_dir=str(Path.cwd()))
     recorder = StoreCallback(store, space.name, space, groups, view, interrupts=interrupts)
     tuner = tune.Tuner(
         tune.with_resources(trainable, trial_resources(space)),

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spiralsearch.search.candidates import Cost
-from spiralsearch.search.cluster import check_resources, machine_resources
+from spiralsearch.search.cluster import check_resources, machine_resources, ray_nodes
 from spiralsearch.search.space import SearchSpace
 
 MEASURE_S = 5.0  # seconds to spend timing one candidate's training steps, at most
@@ -44,24 +44,27 @@ def check_data(space: SearchSpace) -> dict[tuple[str, str], object]:
     return out
 
 
-def check_machine(space: SearchSpace, address: str | None = None) -> str:
-    """Refuse (ClusterError) a trial that what runs the sweep can never hold: the cluster at
-    `address` (joined, then left), else this machine as a local Ray would see it. Returns
-    what it checked against, in words."""
+def check_machine(space: SearchSpace,
+                  address: str | None = None) -> tuple[str, list[dict[str, float]]]:
+    """Refuse (ClusterError) a trial that what runs the sweep can never hold, node by node:
+    the cluster at `address` (joined, then left), else this machine as a local Ray would
+    see it. Returns what it checked against, in words, and its nodes' resources."""
     if not address:
-        check_resources(space, machine_resources(), "this machine")
-        return "this machine"
+        nodes = [machine_resources()]
+        check_resources(space, nodes, "this machine")
+        return "this machine", nodes
     import ray
 
     from spiralsearch.search.cluster import start_ray
 
     owns = start_ray(address)
     try:
-        check_resources(space, ray.cluster_resources(), f"the Ray cluster at {address}")
+        nodes = ray_nodes()
+        check_resources(space, nodes, f"the Ray cluster at {address}")
     finally:
         if owns:
             ray.shutdown()
-    return f"the Ray cluster at {address}"
+    return f"the Ray cluster at {address}", nodes
 
 
 def cell_flops(costs: dict[int, list[Cost]]) -> dict[int, float]:
@@ -256,14 +259,3 @@ def warnings(space: SearchSpace, costs: dict[int, list[Cost]],
                    f"{epochs:.3g} epochs of {c.source}'s {n:,}-token training split; a larger "
                    f"corpus (e.g. corpus:prose) or smaller budgets keep every token new")
     return out
-
-
-def slots(space: SearchSpace, have: dict[str, float] | None = None,
-          max_concurrent: int | None = None) -> int:
-    """Trials at once: --max-concurrent, search.max_concurrent, or the CPUs (this machine's
-    by default) over resources.cpu."""
-    if max_concurrent or space.search.max_concurrent:
-        return int(max_concurrent or space.search.max_concurrent)
-    cpus = (have or machine_resources()).get("CPU", 1)
-    return max(1, int(cpus // max(space.resources.cpu, 1e-9)))
-

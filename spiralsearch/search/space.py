@@ -30,7 +30,14 @@ from typing import Any
 
 import optuna
 
-from spiralsearch.config import Budget, Config, DataConfig, OptimConfig, TrialConfig
+from spiralsearch.config import (
+    Budget,
+    Config,
+    ConfigError,
+    DataConfig,
+    OptimConfig,
+    TrialConfig,
+)
 from spiralsearch.fields import FieldSpec, check_keys, check_value, opt
 from spiralsearch.limits import within
 from spiralsearch.model.spec import parse_spec
@@ -222,6 +229,19 @@ def _searched(space: SearchSpace) -> dict[str, dict]:
             if isinstance(v, dict)}
 
 
+def _check_combinations(name: str, section: dict[str, Any], cls: type) -> None:
+    """Build the section's config for each combination of its values (choices and range
+    endpoints, at most 512 combinations) so that a rule between two of its keys (e.g.
+    train.micro_batch must divide batch_size) refuses the space now, not a trial later."""
+    keys = list(section)
+    combos = itertools.islice(itertools.product(*(values_of(section[k]) for k in keys)), 512)
+    for combo in combos:
+        try:
+            cls.from_dict(dict(zip(keys, combo, strict=True)), name)
+        except ConfigError as e:
+            raise SpaceError(str(e)) from None
+
+
 def _cross_checks(space: SearchSpace) -> None:
     kinds = {k: next(iter(v)) for k, v in _searched(space).items() if k != "model.spec"}
     if space.search.replicates > 1 and "train.seed" in kinds:
@@ -246,6 +266,8 @@ def _cross_checks(space: SearchSpace) -> None:
         if src.startswith("tokens:") and tok != "bytes":
             raise SpaceError(f"data.tokenizer: {tok!r} does not apply to the pre-tokenized "
                              f"source {src!r}; leave it out (bytes)")
+    for name, cls in (("data", DataConfig), ("train", OptimConfig)):
+        _check_combinations(name, getattr(space, name), cls)
     longest = max(values_of(space.data.get("seq_len", DataConfig().seq_len)))
     shortest = min(values_of(space.model.get("max_seq_len", longest)))
     if shortest < longest:

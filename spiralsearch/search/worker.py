@@ -36,19 +36,28 @@ def objective(metric: str, row: dict, best_val_loss: float) -> float:
     return row.get("val_bpb" if metric == "final_val_bpb" else "val_loss", math.nan)
 
 
-def placed(config: TrialConfig, resources: Resources) -> TrialConfig:
+def placed(config: TrialConfig, resources: Resources,
+           base_dir: str | Path | None = None) -> TrialConfig:
     """The trial as a worker trains it: `train.threads` from resources.cpu (whole cores,
-    at least 1) and an `auto` device from resources.gpu (an explicit device in the space
-    wins). Neither is part of the trial's identity, but the thread count changes how float
-    sums are split, so `rerun` places a stored trial the same way to reproduce it."""
+    at least 1), an `auto` device from resources.gpu (an explicit device in the space
+    wins), and a relative data path anchored to `base_dir`, the folder the sweep was started
+    from (Ray runs each trial in a folder of its own). None of these is part of the trial's
+    identity, but the thread count changes how float sums are split, so `rerun` places a
+    stored trial the same way to reproduce it."""
     run = dict(threads=max(1, int(resources.cpu)))
     if config.train.device == "auto":
         run["device"] = "cuda" if resources.gpu > 0 else "cpu"
-    return config.replace(train=config.train.replace(**run))
+    config = config.replace(train=config.train.replace(**run))
+    if base_dir is not None:
+        from spiralsearch.data.sources import anchored
+
+        source = anchored(config.data.source, base_dir)
+        config = config.replace(data=config.data.replace(source=source))
+    return config
 
 
 def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dict[str, dict],
-              checkpoints: str, report=None) -> None:
+              checkpoints: str, base_dir: str | None = None, report=None) -> None:
     """Train one sampled configuration ({"group": index, "params": flat sampled options},
     and "replicate": r for re-run r of a selected point: train.seed + r), reporting every
     evaluation to Ray Tune.
@@ -78,7 +87,7 @@ def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dic
     failed = {OBJECTIVE: nan, "val_loss": nan, "final_val_loss": nan, "best_val_loss": nan,
               "final_val_bpb": nan}
     try:
-        cfg = placed(config, space.resources)
+        cfg = placed(config, space.resources, base_dir)
         _, plan = prepare(cfg)
     except ValueError as e:  # refused before training (budget, data)
         report(base | failed | dict(status=Status.REJECTED.value, error=str(e)))

@@ -1,0 +1,81 @@
+"""Resources are checked node by node (a trial runs on one node), and the trials at once are
+the fewest of CPU and GPU slots on each node. Ray's nodes are mocked: no cluster needed."""
+
+from __future__ import annotations
+
+import pytest
+from models import space_yaml
+
+from spiralsearch.search import cluster
+from spiralsearch.search.cluster import ClusterError, check_resources, fits, slots
+from spiralsearch.search.space import parse_space
+
+GIB = 1 << 30
+
+
+def space(resources: str, search: str = "sampler: tpe, scheduler: none, "
+          "samples_per_budget: 1, seed: 0"):
+    return parse_space(space_yaml("res", resources=resources, search=search))
+
+
+def node(cpu: float, gpu: float = 0, memory_gib: float = 64) -> dict[str, float]:
+    return {"CPU": cpu, "GPU": gpu, "memory": memory_gib * GIB}
+
+
+def test_a_gpu_count_is_checked_per_node_not_summed():
+    """2 + 1 GPUs on two nodes: a 3-GPU trial fits neither (Ray would wait forever)."""
+    nodes = [node(8, 2), node(8, 1)]
+    check_resources(space("cpu: 1, gpu: 2"), nodes, "the Ray cluster")  # node 0 holds it
+    with pytest.raises(ClusterError, match=r"resources\.gpu: each trial asks 3 GPUs but no "
+                       r"node of the Ray cluster has that many \(the most on one node: 2\)"):
+        check_resources(space("cpu: 1, gpu: 3"), nodes, "the Ray cluster")
+    with pytest.raises(ClusterError, match=r"resources\.cpu: each trial asks 4 CPUs but this "
+                       r"machine has 2"):
+        check_resources(space("cpu: 4, gpu: 0"), [node(2)], "this machine")
+
+
+def test_cpu_and_gpu_must_be_on_the_same_node():
+    """One node has the GPU, the other the CPUs: a 4-CPU, 1-GPU trial fits neither."""
+    nodes = [node(2, 1), node(16, 0)]
+    with pytest.raises(ClusterError, match="no node of the Ray cluster has the CPUs, GPUs"):
+        check_resources(space("cpu: 4, gpu: 1"), nodes, "the Ray cluster")
+
+
+def test_concurrency_is_the_fewest_of_cpu_and_gpu_slots():
+    """16 CPUs, 1 GPU, gpu: 0.25: 4 trials at once, not 16."""
+    s = space("cpu: 1, gpu: 0.25")
+    assert fits(s, node(16, 1)) == 4 and slots(s, [node(16, 1)]) == 4
+    assert slots(s, [node(16, 1), node(2, 2)]) == 4 + 2  # per node, then summed
+    assert slots(space("cpu: 1, gpu: 0"), [node(16, 1)]) == 16
+    assert slots(space("cpu: 2, gpu: 0"), [node(3)]) == 1
+    assert slots(s, [node(16, 1)], max_concurrent=3) == 3  # --max-concurrent wins
+    capped = space("cpu: 1, gpu: 0.25", "sampler: tpe, scheduler: none, samples_per_budget: 1, "
+                   "seed: 0, max_concurrent: 2")
+    assert slots(capped, [node(16, 1)]) == 2
+    assert slots(space("cpu: 1, gpu: 0, memory_gb: 8"), [node(16, 0, 20)]) == 2  # memory
+
+
+def test_the_running_cluster_is_read_node_by_node(monkeypatch):
+    """_check_cluster reads ray.nodes() (alive ones only), not the cluster's totals."""
+    import ray
+
+    monkeypatch.setattr(ray, "nodes", lambda: [
+        {"Alive": True, "Resources": node(8, 2)}, {"Alive": True, "Resources": node(8, 1)},
+        {"Alive": False, "Resources": node(8, 8)}])  # a dead node holds nothing
+    assert cluster._check_cluster(space("cpu: 1, gpu: 2")) == [node(8, 2), node(8, 1)]
+    with pytest.raises(ClusterError, match="asks 3 GPUs"):
+        cluster._check_cluster(space("cpu: 1, gpu: 3"))
+
+
+@pytest.mark.parametrize("entries, message", [
+    (dict(train="micro_batch: 3"), "train.micro_batch: 3 does not divide batch_size 4"),
+    (dict(train="micro_batch: {choice: [2, 3]}"), "train.micro_batch: 3 does not divide"),
+])
+def test_rules_between_keys_refuse_the_space_not_a_trial(entries, message):
+    """A rule between two keys of a section holds for every combination of its values, at
+    validation (dry-run and run), not in the worker."""
+    from spiralsearch.search.space import SpaceError
+
+    with pytest.raises(SpaceError, match=message):
+        parse_space(space_yaml("rules", **entries))
+    parse_space(space_yaml("rules", train="micro_batch: 2"))  # divides 4: fine

@@ -1,3 +1,4 @@
+import pytest
 from ray.tune.search import Searcher
 
 from spiralsearch.search.grouped import FixedSearch, GroupedSearch
@@ -55,3 +56,24 @@ def test_points_already_running_are_not_proposed_again():
     assert search.suggest("t1") == {"group": 0, "params": {"train.lr": 8}}  # 7: running
     assert a.told["t1"] is None  # the repeat was marked failed in its study
     assert search.suggest("t2") == Searcher.FINISHED  # only repeats left
+
+
+@pytest.mark.parametrize("ours, theirs", [
+    ("spiralsearch.search.recorder:StoreCallback", "ray.tune:Callback"),
+    ("spiralsearch.search.grouped:GroupedSearch", "ray.tune.search:Searcher"),
+    ("spiralsearch.search.grouped:FixedSearch", "ray.tune.search:Searcher"),
+    ("spiralsearch.search.grouped:PointSearch", "ray.tune.search:Searcher"),
+    ("spiralsearch.search.grouped:GroupedASHA", "ray.tune.schedulers:FIFOScheduler"),
+])
+def test_every_hook_we_define_is_one_ray_calls(ours, theirs):
+    """A misspelt hook is never called and fails silently (an `on_step` that Ray 2.60 does
+    not have left the progress heartbeat dead): each on_* method must exist on Ray's base."""
+    import importlib
+
+    def load(path):
+        module, name = path.split(":")
+        return getattr(importlib.import_module(module), name)
+
+    cls, base = load(ours), load(theirs)
+    hooks = [n for n in vars(cls) if n.startswith("on_")]
+    assert hooks and [h for h in hooks if not hasattr(base, h)] == []

@@ -106,7 +106,7 @@ class StoreCallback(Callback):
         if time.monotonic() - self._last_flush > self.flush_s:
             self._flush()
 
-    def on_step(self, iteration, trials, **info):
+    def on_step_end(self, iteration, trials, **info):
         if self.view:
             self.view.tick()
 

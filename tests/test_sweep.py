@@ -265,7 +265,9 @@ def test_a_relative_data_path_is_read_from_the_sweeps_folder(ray_session, tmp_pa
 def test_packed_fake_gpus_run_four_at_once_and_record_the_cuda_error(ray_session, tmp_path,
                                                                      monkeypatch):
     """2 logical GPUs at gpu: 0.5 (and cpu: 0.5): 4 trials at once, the fewest of CPU and
-    GPU slots. There is no CUDA here, so each trial fails, and the store says why."""
+    GPU slots (trained on the CPU here: Ray only counts the GPUs). With the device left to
+    the trial's GPU share there is no CUDA to find, so each trial fails, and the store
+    says why."""
     from ray.tune import Callback
 
     class InFlight(Callback):
@@ -282,15 +284,19 @@ def test_packed_fake_gpus_run_four_at_once_and_record_the_cuda_error(ray_session
         on_trial_error = on_trial_complete
 
     monkeypatch.setenv("SPIRALSEARCH_CACHE", str(tmp_path / "cache"))
-    space = parse_space(space_yaml(
-        "packed", specs=("2",), lr="{loguniform: [1.0e-3, 1.0e-2]}",
-        resources="cpu: 0.5, gpu: 0.5",
-        search="sampler: random, scheduler: none, samples_per_budget: 4, seed: 0"))
+
+    def packed(device: str):
+        return parse_space(space_yaml(
+            f"packed-{device}", specs=("2",), lr="{loguniform: [1.0e-3, 1.0e-2]}",
+            resources="cpu: 0.5, gpu: 0.5", train=f"device: {device}", budgets="[4096]",
+            search="sampler: random, scheduler: none, samples_per_budget: 4, seed: 0"))
+
     seen = InFlight()
-    report = run_sweep(space, results=tmp_path / "gpu.duckdb", progress=False,
+    report = run_sweep(packed("cpu"), results=tmp_path / "cpu.duckdb", progress=False,
                        callbacks=(seen,))
+    assert report.counts == {"complete": 4} and seen.most == 4
+    report = run_sweep(packed("auto"), results=tmp_path / "gpu.duckdb", progress=False)
     assert report.counts == {"failed": 4}
-    assert seen.most == 4
     trials = load(tmp_path / "gpu.duckdb")
     assert (trials["failure"] == "raised").all()
     assert trials["error"].str.contains("CUDA", case=False).all(), list(trials["error"])

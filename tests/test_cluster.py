@@ -79,3 +79,17 @@ def test_rules_between_keys_refuse_the_space_not_a_trial(entries, message):
     with pytest.raises(SpaceError, match=message):
         parse_space(space_yaml("rules", **entries))
     parse_space(space_yaml("rules", train="micro_batch: 2"))  # divides 4: fine
+
+
+def test_tunes_slow_loop_warnings_are_not_printed(caplog):
+    """'... may be a performance bottleneck' (Tune timing its own loop) is nothing a user can
+    act on; other warnings from the same logger still show."""
+    import logging
+
+    cluster._quiet()
+    log = logging.getLogger("ray.tune.utils.util")
+    with caplog.at_level(logging.WARNING):
+        log.warning("The `process_trial_result` operation took 0.9 s, which may be a "
+                    "performance bottleneck.")
+        log.warning("something else")
+    assert [r.getMessage() for r in caplog.records] == ["something else"]

@@ -31,7 +31,7 @@ def _quiet() -> None:
     tune_log.setLevel(logging.WARNING)
     if not any(isinstance(f, _TrialNotes) for f in tune_log.filters):
         for name in ("ray.tune", "ray.tune.tune", "ray.tune.execution.tune_controller",
-                     "ray.tune.search.optuna.optuna_search"):
+                     "ray.tune.search.optuna.optuna_search", "ray.tune.utils.util"):
             logging.getLogger(name).addFilter(_TrialNotes())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # a trial that Ray retried reports its first steps again; Optuna keeps the first ones
@@ -46,7 +46,10 @@ class _TrialNotes(logging.Filter):
     NOTES = ("Trials did not complete", "Trial task failed", "Stop signal received",
              # Optuna's grid sampler stops its study when the grid is done; under Ray's
              # ask-and-tell that raises, and Ray logs it
-             "Study.stop` is supposed to be invoked")
+             "Study.stop` is supposed to be invoked",
+             # Tune's timing of its own loop (a store flush on a loaded machine can take a
+             # second): nothing a user can act on
+             "may be a performance bottleneck")
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = str(record.msg)

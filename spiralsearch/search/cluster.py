@@ -107,7 +107,7 @@ def _slots(space: SearchSpace) -> int:
     import ray
 
     cpus = ray.cluster_resources().get("CPU", 1)
-    return max(1, int(cpus // max(space.resources.cpu, 1e-9)))
+    return max(1, int(cpus // max(space.resources.trial_cpu, 1e-9)))  # K workers' CPUs
 
 
 class ClusterError(ValueError):
@@ -143,4 +143,7 @@ def _check_cluster(space: SearchSpace) -> None:
     """Refuse a space whose trials the running Ray can never schedule."""
     import ray
 
+    from spiralsearch.search.parallel import check_workers
+
     check_resources(space, ray.cluster_resources(), "the Ray cluster")
+    check_workers(space.resources, ray.cluster_resources(), "the Ray cluster")

@@ -48,8 +48,11 @@ def check_machine(space: SearchSpace, address: str | None = None) -> str:
     """Refuse (ClusterError) a trial that what runs the sweep can never hold: the cluster at
     `address` (joined, then left), else this machine as a local Ray would see it. Returns
     what it checked against, in words."""
+    from spiralsearch.search.parallel import check_workers
+
     if not address:
         check_resources(space, machine_resources(), "this machine")
+        check_workers(space.resources, machine_resources(), "this machine")
         return "this machine"
     import ray
 
@@ -58,6 +61,8 @@ def check_machine(space: SearchSpace, address: str | None = None) -> str:
     owns = start_ray(address)
     try:
         check_resources(space, ray.cluster_resources(), f"the Ray cluster at {address}")
+        check_workers(space.resources, ray.cluster_resources(),
+                      f"the Ray cluster at {address}")
     finally:
         if owns:
             ray.shutdown()
@@ -265,5 +270,5 @@ def slots(space: SearchSpace, have: dict[str, float] | None = None,
     if max_concurrent or space.search.max_concurrent:
         return int(max_concurrent or space.search.max_concurrent)
     cpus = (have or machine_resources()).get("CPU", 1)
-    return max(1, int(cpus // max(space.resources.cpu, 1e-9)))
+    return max(1, int(cpus // max(space.resources.trial_cpu, 1e-9)))  # K workers' CPUs
 

@@ -117,7 +117,7 @@ def fit_data_parallel(config: TrialConfig, *, out_dir: str | Path, callback=None
         scaling_config=ray.train.ScalingConfig(num_workers=resources.workers, use_gpu=cuda,
                                                resources_per_worker=worker_resources(resources)),
         run_config=ray.train.RunConfig(
-            name=f"train-{config.trial_id}-{time.strftime('%Y%m%d-%H%M%S')}",
+            name=f"train-{Path(out_dir).name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=storage, failure_config=ray.train.FailureConfig(max_failures=0))))
     run.start()
     try:

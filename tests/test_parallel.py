@@ -228,3 +228,16 @@ def test_a_workers_exception_ends_the_run_as_itself(ray_session, tmp_path, monke
         fit_data_parallel(_config(), out_dir=tmp_path / "file" / "run",
                           resources=Resources(cpu=1, workers=2), storage=str(tmp_path / "ray"))
     assert _wait_for_cpus(ray_session, 2) == 2
+
+
+def test_dry_run_refuses_more_workers_than_the_machine_holds(tmp_path, capsys):
+    from spiralsearch.cli import main
+
+    path = tmp_path / "wide.yaml"
+    path.write_text(space("cpu: 1, workers: 1024", batch_size=1024, name="wide",
+                          budgets=f"[{1024 * 32}]"))
+    assert main(["sweep", str(path), "--dry-run", "--db", str(tmp_path / "w.duckdb")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("spiralsearch sweep: error: resources.workers: 1024 workers (1 CPU "
+                          "each) need 1024 CPUs per trial but this machine has ")
+    assert len(err.splitlines()) == 1

@@ -133,6 +133,11 @@ def keys(prefix: str = "") -> list[Key]:
         "sizes": _section("sizes", SizeAxis, False),
         "search": _section("search", SearchSettings, False),
         "resources": _section("resources", Resources, False),
+        "storage": [Key("storage", "string or null", "null (results/NAME.runs/, beside the "
+                        "results file)", "an absolute path (or ~/...) on a filesystem every "
+                        "node mounts; URIs are refused", "",
+                        "where trial checkpoints and Ray Tune's state go: STORAGE/NAME.runs/, "
+                        "so a trial resumed on another node finds its checkpoint")],
     }
     assert tuple(sections) == SECTIONS, "a section without its reference"
     return [k for rows in sections.values() for k in rows if k.key.startswith(prefix)]

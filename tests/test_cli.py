@@ -273,7 +273,7 @@ def test_train_that_crashes_exits_1(tmp_path, cache, capsys):
 def test_sweep_where_every_trial_fails_exits_1(ray_session, tmp_path, cache, capsys):
     """Every trial pinned to CUDA on this CPU machine: all fail, so the sweep exits 1."""
     space = tmp_path / "allfail.yaml"
-    space.write_text(space_text("allfail", "device: cuda"))
+    space.write_text(space_text("allfail", "device: cuda").replace("gpu: 0", "gpu: 0.5"))
     db = tmp_path / "allfail.duckdb"
     assert main(["sweep", str(space), "--db", str(db), "--no-progress",
                  "--format", "json"]) == 1

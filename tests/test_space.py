@@ -122,7 +122,8 @@ ERRORS = [
       ""), "model.spec: required key missing"),
     (("name: spiral-vs-looped-tiny", "name: spiral vs looped"), "name: 'spiral vs looped' must "
      "match [A-Za-z0-9_.-]+"),
-    (("gpu: 0", "gpu: 1.5"), "resources.gpu: expected a fraction in [0, 1] or a whole number"),
+    (("gpu: 0", "gpu: 1.5"), "resources.gpu: expected a fraction in [0, 1] (for K GPUs per "
+     "trial, use resources.workers: K with gpu: 1), got 1.5"),
     (("cpu: 1", "cpu: 0"), "resources.cpu: expected > 0, got 0.0"),
     (("tokenizer: bytes", "tokenizer: bpe:100"), "data.tokenizer: expected 'bytes' or 'bpe:N' "
      "with N >= 256, got 'bpe:100'"),

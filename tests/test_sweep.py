@@ -56,9 +56,11 @@ def test_sweep_end_to_end_and_idempotent_rerun(ray_session, tmp_path, monkeypatc
 @pytest.mark.slow
 def test_failing_trial_is_recorded_and_the_sweep_goes_on(ray_session, tmp_path, monkeypatch):
     monkeypatch.setenv("SPIRALSEARCH_CACHE", str(tmp_path / "cache"))
-    # a trial pinned to a CUDA device on this CPU machine raises inside training
+    # a trial pinned to a CUDA device on this CPU machine raises inside training (Ray's
+    # GPUs here are logical: the session's Ray counts 2 that do not exist)
     space = write_space(tmp_path, name="failing", extra="device: {choice: [cpu, cuda]}",
                         sampler="grid", samples=2)
+    space.write_text(space.read_text().replace("gpu: 0", "gpu: 0.5"))
     db = tmp_path / "failing.duckdb"
     report = run_sweep(space, results=db, progress=False)
     assert report.counts == {"complete": 2, "failed": 2}
@@ -236,8 +238,9 @@ def test_unrunnable_sweeps_stop_before_any_trial(ray_session, tmp_path):
     missing = parse_space(space_text("nodata").replace("corpus:sotu", "text:/no/such/file"))
     with pytest.raises(DataError, match="/no/such/file"):
         run_sweep(missing, results=tmp_path / "a.duckdb", progress=False)
-    greedy = parse_space(space_text("greedy").replace("gpu: 0", "gpu: 4"))
-    with pytest.raises(ClusterError, match="asks 4 GPUs but the Ray cluster has 2"):
+    greedy = parse_space(space_text("greedy").replace("cpu: 1, gpu: 0",
+                                                      "cpu: 0.5, gpu: 1, workers: 4"))
+    with pytest.raises(ClusterError, match="need 4 GPUs per trial but the Ray cluster has 2"):
         run_sweep(greedy, results=tmp_path / "b.duckdb", progress=False)
     assert not (tmp_path / "a.duckdb").exists() and not (tmp_path / "b.duckdb").exists()
 

@@ -86,12 +86,15 @@ def _dry_run(args: argparse.Namespace, space) -> int:
     """Every check the run makes before its first trial (exit 2 where it would refuse),
     then the candidate table, the grid size, a run-time estimate and warnings."""
     from spiralsearch.search.candidates import cell_costs, check_candidates
+    from spiralsearch.search.checkpoints import check_storage
     from spiralsearch.search.cluster import slots
     from spiralsearch.search.preflight import check_data, check_machine, warnings
+    from spiralsearch.store import store_path
 
     rows = check_candidates(space)
     datasets = check_data(space)
     where, nodes = check_machine(space, args.address)
+    check_storage(args.db or store_path(space.name), space.storage)  # creates nothing
     costs = cell_costs(space)
     notes = warnings(space, costs, datasets)
     emit(args, rows, lambda: (_candidate_table(space, rows),

@@ -1,10 +1,11 @@
 """Trial checkpoints of a sweep (docs/design.md §4): where they live and which ones survive.
 
-A sweep's worker trains each trial into `results/NAME.runs/checkpoints/<trial_id>/`, the
-folder `spiralsearch train --out` would write: `summary.json` and `checkpoints/last.pt`
-(model, optimiser, step, RNG). The worker leaves the folder in place when the trial ends.
-Once the sweep's search and replicate phases are done, `prune` deletes the folders that
-`search.keep_checkpoints` does not keep:
+A sweep's worker trains each trial into `results/NAME.runs/checkpoints/<trial_id>/` (or
+`STORAGE/NAME.runs/checkpoints/<trial_id>/` with a `storage:` folder, which the nodes of a
+cluster share), the folder `spiralsearch train --out` would write: `summary.json` and
+`checkpoints/last.pt` (model, optimiser, step, RNG). The worker leaves the folder in place
+when the trial ends. Once the sweep's search and replicate phases are done, `prune`
+deletes the folders that `search.keep_checkpoints` does not keep:
 
 - `selected` (default): the complete runs of each cell's selected point (its replicates,
   replicate 0 included), which reports and probes look at;
@@ -18,6 +19,7 @@ reads the store, and complete trials are skipped.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,24 +33,74 @@ if TYPE_CHECKING:  # the space module imports optuna; pruning needs only two of 
 KEEP = ("selected", "all", "none")
 
 
-def runs_dir(results: str | Path) -> Path:
-    """The folder beside a results file for what its sweep writes outside the store:
-    `ray/` (Ray Tune's files), `checkpoints/` (one folder per trial) and `rerun/`."""
+def runs_dir(results: str | Path, storage: str | None = None) -> Path:
+    """The folder for what a results file's sweep writes outside the store: `ray/` (Ray
+    Tune's and Ray Train's files), `checkpoints/` (one folder per trial) and `rerun/`.
+    `NAME.runs` beside the results file, or inside the space's `storage:` folder (a shared
+    filesystem, so every node of a cluster reads and writes the same checkpoints)."""
     path = Path(results)
-    return path.parent / f"{path.stem}.runs"
+    root = path.parent if storage is None else Path(storage).expanduser()
+    return root / f"{path.stem}.runs"
 
 
-def checkpoints_dir(results: str | Path) -> Path:
+def checkpoints_dir(results: str | Path, storage: str | None = None) -> Path:
     """Where a sweep's trial folders live: `NAME.runs/checkpoints/`."""
-    return runs_dir(results) / "checkpoints"
+    return runs_dir(results, storage) / "checkpoints"
+
+
+class StorageError(ValueError):
+    """Where a sweep's checkpoints go cannot be written."""
+
+
+def check_storage(results: str | Path, storage: str | None) -> Path:
+    """The sweep's runs folder (runs_dir), refused with a one-line StorageError when it
+    cannot be made or written (its nearest existing folder is not writable). Creates
+    nothing, so a dry run can ask too."""
+    runs = runs_dir(results, storage)
+    where = runs
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir() or not os.access(where, os.W_OK | os.X_OK):
+        key = "storage" if storage is not None else "--db"
+        raise StorageError(f"{key}: cannot write {runs} ({where} is not a writable folder); "
+                           f"checkpoints and Ray's files go there")
+    return runs
+
+
+def storages(results: str | Path) -> list[str]:
+    """The `storage:` folders the sweeps of a results file ran with (from the YAML each
+    sweep recorded); [] when none set one, or the file cannot be read."""
+    import duckdb
+
+    from spiralsearch.search.validate import read_yaml
+    from spiralsearch.store import StoreError, query
+
+    if not Path(results).is_file():
+        return []
+    try:
+        yamls = query(results, "SELECT yaml FROM sweeps")["yaml"].tolist()
+    except (StoreError, duckdb.Error, OSError):
+        return []
+    out = []
+    for text in yamls:
+        try:
+            doc = read_yaml(text or "", "sweeps.yaml")
+        except ValueError:
+            continue
+        s = doc.get("storage")
+        if isinstance(s, str) and s not in out:
+            out.append(s)
+    return out
 
 
 def checkpoint_of(results: str | Path, trial_id: str) -> Path | None:
     """The run folder of a stored trial (summary.json and checkpoints/last.pt, what
-    `spiralsearch probe` reads); None when it has none (pruned, or never trained)."""
-    run = checkpoints_dir(results) / trial_id
-    if (run / "summary.json").is_file() and (run / "checkpoints" / "last.pt").is_file():
-        return run
+    `spiralsearch probe` reads), beside the results file or in a sweep's `storage:`
+    folder; None when it has none (pruned, or never trained)."""
+    for storage in (None, *storages(results)):
+        run = checkpoints_dir(results, storage) / trial_id
+        if (run / "summary.json").is_file() and (run / "checkpoints" / "last.pt").is_file():
+            return run
     return None
 
 
@@ -68,7 +120,7 @@ def prune(store: ResultsStore, space: SearchSpace) -> int:
     keep = space.search.keep_checkpoints
     if keep not in KEEP:
         raise ValueError(f"search.keep_checkpoints: {keep!r} is not one of {', '.join(KEEP)}")
-    root = checkpoints_dir(store.path)
+    root = checkpoints_dir(store.path, space.storage)
     if not root.is_dir():
         return 0
     trials = store.trial_selection(space.name)

@@ -158,7 +158,8 @@ def slots(space: SearchSpace, nodes: list[dict[str, float]],
     run and learn from)."""
     if max_concurrent or space.search.max_concurrent:
         return int(max_concurrent or space.search.max_concurrent)
-    return max(1, sum(fits(space, n) for n in nodes))
+    # a data-parallel trial's K workers may spread over nodes: K worker slots per trial
+    return max(1, sum(fits(space, n) for n in nodes) // space.resources.workers)
 
 
 def check_resources(space: SearchSpace, nodes: list[dict[str, float]], where: str) -> None:
@@ -181,8 +182,21 @@ def check_resources(space: SearchSpace, nodes: list[dict[str, float]], where: st
                        f"trial together ({_asks(space)}); nodes: {nodes}")
 
 
+def totals(nodes: list[dict[str, float]]) -> dict[str, float]:
+    """The cluster's resources, summed over its nodes."""
+    out: dict[str, float] = {}
+    for n in nodes:
+        for k, v in n.items():
+            out[k] = out.get(k, 0.0) + v
+    return out
+
+
 def _check_cluster(space: SearchSpace) -> list[dict[str, float]]:
-    """Refuse a space whose trials the running Ray can never schedule; returns its nodes."""
+    """Refuse a space whose trials the running Ray can never schedule (one worker per node,
+    a data-parallel trial's workers over the whole cluster); returns its nodes."""
+    from spiralsearch.search.parallel import check_workers
+
     nodes = ray_nodes()
     check_resources(space, nodes, "the Ray cluster")
+    check_workers(space.resources, totals(nodes), "the Ray cluster")
     return nodes

@@ -27,7 +27,7 @@ from pathlib import Path
 from spiralsearch.schema import Status
 from spiralsearch.search import replicates
 from spiralsearch.search.candidates import cell_costs, check_candidates
-from spiralsearch.search.checkpoints import checkpoints_dir, prune, runs_dir
+from spiralsearch.search.checkpoints import check_storage, checkpoints_dir, prune
 from spiralsearch.search.cluster import (
     _check_cluster,
     ray_nodes,
@@ -37,6 +37,7 @@ from spiralsearch.search.cluster import (
 )
 from spiralsearch.search.history import sweep_name
 from spiralsearch.search.interrupts import Interrupts, OnSignal, SweepInterrupted
+from spiralsearch.search.parallel import driver_resources
 from spiralsearch.search.preflight import cell_flops, check_data
 from spiralsearch.search.progress import plan_of
 from spiralsearch.search.recorder import LiveView, StoreCallback
@@ -167,9 +168,12 @@ def _fit(space: SearchSpace, groups: list[Group], searcher, scheduler, n: int, *
     limit = slots(space, ray_nodes(), max_concurrent)
     trainable = tune.with_parameters(run_trial, space=space, groups=groups, done=done,
                                      checkpoints=str(checkpoints), base_dir=str(Path.cwd()))
+    # a data-parallel trial's Tune trial only drives its Train workers, which ask their own
+    resources = trial_resources(space) if space.resources.workers == 1 else \
+        driver_resources(space.resources)
     recorder = StoreCallback(store, space.name, space, groups, view, interrupts=interrupts)
     tuner = tune.Tuner(
-        tune.with_resources(trainable, trial_resources(space)),
+        tune.with_resources(trainable, resources),
         tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, limit),
                                     scheduler=scheduler, num_samples=n,
                                     metric=OBJECTIVE, mode=s.mode,
@@ -220,6 +224,7 @@ def run_sweep(space: SearchSpace | str | Path, *, results: str | Path | None = N
     try:
         with Interrupts() as interrupts:
             _check_cluster(space)
+            runs = check_storage(path, space.storage)
             check_data(space)
             store.begin_sweep(space.name, space.yaml_text, git_revision=_git_revision(),
                               versions=_versions())
@@ -229,7 +234,8 @@ def run_sweep(space: SearchSpace | str | Path, *, results: str | Path | None = N
                 _show_previous(view, prev, groups)
                 run = dict(store=store, max_concurrent=max_concurrent, view=view,
                            interrupts=interrupts, callbacks=callbacks,
-                           checkpoints=checkpoints_dir(path), storage=runs_dir(path) / "ray")
+                           checkpoints=checkpoints_dir(path, space.storage),
+                           storage=runs / "ray")
                 _run_all(space, prev=prev, **run)
                 interrupts.check()
                 # the cells' searches are done: select each one's point from what is stored

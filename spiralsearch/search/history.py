@@ -6,8 +6,9 @@ under one name, so it is refused with the difference shown, unless `--force-new`
 new sweep name (NAME-2, NAME-3, ...). A YAML that one of those numbered sweeps ran resumes
 that sweep. Comments and layout are not content: the YAML documents are compared, less
 what does not change which trials run or what they compute (OPERATIONAL: the name, the
-description, how many trials run at once, retries, which checkpoints are kept, the memory
-limit); an edit of those alone continues the sweep and records the new YAML.
+description, where checkpoints are stored, how many trials run at once, retries, which
+checkpoints are kept, the memory limit); an edit of those alone continues the sweep and
+records the new YAML.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class SweepChanged(ValueError):
     message's first line is the error; the lines after it are a short unified diff."""
 
 
-OPERATIONAL = {"": ("name", "description"),
+OPERATIONAL = {"": ("name", "description", "storage"),
                "search": ("max_concurrent", "max_failures", "keep_checkpoints"),
                "resources": ("memory_gb",)}
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spiralsearch.search.candidates import Cost
-from spiralsearch.search.cluster import check_resources, machine_resources, ray_nodes
+from spiralsearch.search.cluster import check_resources, machine_resources, ray_nodes, totals
 from spiralsearch.search.space import SearchSpace
 
 MEASURE_S = 5.0  # seconds to spend timing one candidate's training steps, at most
@@ -46,12 +46,16 @@ def check_data(space: SearchSpace) -> dict[tuple[str, str], object]:
 
 def check_machine(space: SearchSpace,
                   address: str | None = None) -> tuple[str, list[dict[str, float]]]:
-    """Refuse (ClusterError) a trial that what runs the sweep can never hold, node by node:
-    the cluster at `address` (joined, then left), else this machine as a local Ray would
-    see it. Returns what it checked against, in words, and its nodes' resources."""
+    """Refuse (ClusterError) a trial that what runs the sweep can never hold, node by node
+    (a data-parallel trial's workers over all of them): the cluster at `address` (joined,
+    then left), else this machine as a local Ray would see it. Returns what it checked
+    against, in words, and its nodes' resources."""
+    from spiralsearch.search.parallel import check_workers
+
     if not address:
         nodes = [machine_resources()]
         check_resources(space, nodes, "this machine")
+        check_workers(space.resources, totals(nodes), "this machine")
         return "this machine", nodes
     import ray
 
@@ -61,6 +65,7 @@ def check_machine(space: SearchSpace,
     try:
         nodes = ray_nodes()
         check_resources(space, nodes, f"the Ray cluster at {address}")
+        check_workers(space.resources, totals(nodes), f"the Ray cluster at {address}")
     finally:
         if owns:
             ray.shutdown()

@@ -111,6 +111,10 @@ def stored_trial(trial_id: str, db: str | Path, *, timeout_s: float = 30.0) -> S
     config = TrialConfig.from_dict(json.loads(config) if isinstance(config, str) else config)
     doc = read_yaml(yaml_text, f"sweep {sweep!r} in {db}") if yaml_text else {}
     resources = Resources.from_dict(doc.get("resources"), "resources")
+    if resources.workers > 1:
+        raise ValueError(f"trial {trial_id} trained on {resources.workers} data-parallel "
+                         f"workers (resources.workers); a rerun trains in one process, "
+                         f"whose float sums differ, so it cannot reproduce it exactly")
     return StoredTrial(trial_id, sweep, placed(config, resources),
                        dict(final_val_loss=_float(val), final_test_loss=_float(test)))
 

@@ -49,7 +49,9 @@ from spiralsearch.search.validate import (
     check_budget,
     check_group_by,
     check_model,
+    check_placement,
     check_section,
+    check_storage,
     read_yaml,
     to_optuna,
     values_of,
@@ -95,17 +97,33 @@ class SearchSettings(Config):
 
 @dataclass(frozen=True)
 class Resources(Config):
-    """Per trial: CPU cores and GPUs (a fraction shares one GPU; more than 1, whole GPUs),
-    and optionally memory."""
+    """Per trial worker: CPU cores, a GPU or a share of one, and optionally memory; a trial
+    trains on `workers` of them (data-parallel when more than 1)."""
 
-    cpu: float = opt(1.0, "CPU cores per trial", check=lambda v: v > 0, what="> 0")
-    gpu: float = opt(0.0, "GPUs per trial (0.5: two trials share a GPU)",
-                     check=lambda v: v >= 0 and (v <= 1 or v == int(v)),
-                     what="a fraction in [0, 1] or a whole number of GPUs")
+    cpu: float = opt(1.0, "CPU cores per trial (per worker with workers > 1)",
+                     check=lambda v: v > 0, what="> 0")
+    gpu: float = opt(0.0, "GPUs per trial (per worker with workers > 1): 0.5 puts two "
+                     "trials on a GPU", check=lambda v: 0 <= v <= 1,
+                     what="a fraction in [0, 1] (for K GPUs per trial, use resources.workers: "
+                     "K with gpu: 1)")
     memory_gb: float | None = opt(None, "memory a trial may allocate on top of its worker's "
                                   "own (Ray and torch), GiB: Ray schedules by it, and a CPU "
                                   "trial that allocates past it fails as out of memory "
-                                  "(null: no limit)", check=lambda v: v > 0, what="> 0")
+                                  "(null: no limit; per worker with workers > 1)",
+                                  check=lambda v: v > 0, what="> 0")
+    workers: int = opt(1, "processes one trial trains on, data-parallel (DDP under Ray "
+                       "Train; each takes cpu, gpu and memory_gb): every step's batch is "
+                       "split over them", check=lambda v: v >= 1, what=">= 1")
+
+    @property
+    def trial_cpu(self) -> float:
+        """CPU cores one trial holds: cpu on each of its workers."""
+        return self.cpu * self.workers
+
+    @property
+    def trial_gpu(self) -> float:
+        """GPUs one trial holds: gpu on each of its workers."""
+        return self.gpu * self.workers
 
 
 @dataclass(frozen=True)
@@ -167,6 +185,7 @@ class SearchSpace:
     resources: Resources
     description: str = ""
     sizes: SizeAxis | None = None  # the IsoFLOP axis: P sizes per (budget, group)
+    storage: str | None = None  # checkpoints and Tune state: a shared folder (None: local)
 
     @property
     def specs(self) -> list[str]:
@@ -268,6 +287,7 @@ def _cross_checks(space: SearchSpace) -> None:
                              f"source {src!r}; leave it out (bytes)")
     for name, cls in (("data", DataConfig), ("train", OptimConfig)):
         _check_combinations(name, getattr(space, name), cls)
+    check_placement(space.resources, space.train)
     longest = max(values_of(space.data.get("seq_len", DataConfig().seq_len)))
     shortest = min(values_of(space.model.get("max_seq_len", longest)))
     if shortest < longest:
@@ -308,8 +328,8 @@ def with_reference(message: str) -> str:
     if not re.fullmatch(r"[\w.\[\]-]+", path) or (root not in SECTIONS
                                                   and "unknown key" not in message):
         return message  # a YAML syntax error (file:line:col) or a file that cannot be read
-    prefix = root if root in ("name", "description") else f"{root}." if root in SECTIONS \
-        else ""
+    scalar = root in ("name", "description", "storage")  # a top-level key, not a section
+    prefix = root if scalar else f"{root}." if root in SECTIONS else ""
     return f"{message} (see `spiralsearch keys{' ' + prefix if prefix else ''}` or docs/yaml.md)"
 
 
@@ -329,7 +349,8 @@ def _parse_space(text: str, source: str) -> SearchSpace:
         name=name, yaml_text=text, data=data, model=model, train=train, budgets=budgets,
         search=search, resources=Resources.from_dict(doc.get("resources"), "resources"),
         description=check_value("description", doc.get("description", ""), _TEXT),
-        sizes=SizeAxis.from_dict(doc["sizes"]) if doc.get("sizes") is not None else None)
+        sizes=SizeAxis.from_dict(doc["sizes"]) if doc.get("sizes") is not None else None,
+        storage=check_storage(doc.get("storage")))
     _cross_checks(space)
     return space
 

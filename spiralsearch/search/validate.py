@@ -29,7 +29,7 @@ from spiralsearch.model.config import CHOICES, PRESETS, ModelConfig
 from spiralsearch.model.spec import SpecError, parse_spec
 
 SECTIONS = ("name", "description", "data", "model", "train", "budget", "sizes", "search",
-            "resources")
+            "resources", "storage")
 DISTRIBUTIONS = ("choice", "int", "uniform", "loguniform")
 FAMILIES = ("plain", "looped", "spiral")
 # A search space's errors are config errors: one type, one-line messages with the key path.
@@ -354,3 +354,65 @@ def _group_value(path: str, key: str, v: Any, spec: FieldSpec, sections: dict[st
     if not isinstance(allowed, dict) and v != allowed:
         raise SpaceError(f"{path}: {v!r} is not the space's {key} ({allowed!r})")
     return v
+
+
+# --- where trials run -------------------------------------------------------------------------
+
+def check_placement(resources, train: dict) -> None:
+    """`resources` (a space's Resources) against the train section: a sweep's trial sees
+    only the devices Ray gives it, so `train.device: cuda:N` names a GPU that may not be
+    its own, and `cuda` with `gpu: 0` puts trials Ray never gave a GPU on GPU 0; K
+    data-parallel workers share out the batch, and each needs a whole GPU (NCCL runs one
+    rank per GPU) or none."""
+    devices = [str(d) for d in values_of(train.get("device", OptimConfig().device))]
+    for d in devices:
+        if d.startswith("cuda:"):
+            raise SpaceError(f"train.device: {d!r} names one GPU, but a sweep's trial sees "
+                             f"only the GPUs Ray gives it; use cuda (or auto) and "
+                             f"resources.gpu")
+        if d == "cuda" and resources.gpu == 0:
+            raise SpaceError("train.device: cuda with resources.gpu: 0 would put trials that "
+                             "Ray gave no GPU on GPU 0; set resources.gpu (0.5: two trials "
+                             "per GPU), or use device: auto")
+    k = resources.workers
+    if k > 1 and 0 < resources.gpu < 1:
+        raise SpaceError(f"resources.gpu: {resources.gpu:g} with resources.workers: {k}; "
+                         f"a data-parallel worker needs a whole GPU (gpu: 1) or none (gpu: 0)")
+    batch = train.get("batch_size", OptimConfig().batch_size)
+    if isinstance(batch, dict) and "int" in batch:  # every value of the range must split
+        (lo, _), step = batch["int"], batch["step"]
+        if lo % k or step % k or batch["log"] and k > 1:
+            raise SpaceError(f"train.batch_size: the range {batch['int']} (step {step}) has "
+                             f"sizes that do not split evenly over resources.workers: {k} "
+                             f"data-parallel workers; make lo and step multiples of {k}")
+        return
+    micro = values_of(train.get("micro_batch", OptimConfig().micro_batch))
+    for b in values_of(batch):
+        if b % k:
+            raise SpaceError(f"train.batch_size: {b} sequences do not split evenly over "
+                             f"resources.workers: {k} data-parallel workers")
+        rows = b // k
+        for m in micro:
+            if k > 1 and rows % min(m or rows, rows):
+                raise SpaceError(f"train.micro_batch: {m} does not divide the {rows} "
+                                 f"sequences of batch_size {b} that each of resources.workers: "
+                                 f"{k} data-parallel workers takes")
+
+
+def check_storage(raw: Any) -> str | None:
+    """The top-level `storage:` key: an absolute folder (or ~/...) on a filesystem every
+    node of the cluster mounts, for trial checkpoints and Ray Tune's state; None (the
+    default) keeps them beside the results file. URIs are refused: checkpoints are written
+    with plain file I/O (training/checkpoint.py), so an object store would only look used."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw.strip():
+        raise SpaceError(f"storage: expected a folder path, got {raw!r}")
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", raw):
+        raise SpaceError(f"storage: {raw!r} is a URI; only a path on a filesystem that every "
+                         f"node mounts (NFS, a cluster filesystem) is supported, as trial "
+                         f"checkpoints are written with plain file I/O")
+    if not (raw.startswith("/") or raw.startswith("~")):
+        raise SpaceError(f"storage: {raw!r} is a relative path; give an absolute one (or "
+                         f"~/...) that names the same folder on every node")
+    return raw

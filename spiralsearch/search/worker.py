@@ -2,8 +2,9 @@
 to Ray Tune (docs/design.md §4). A trial's own failure (a refused budget, a divergence, an
 exception) becomes a final report with its status and error, so the sweep goes on; running
 out of memory is raised to Ray instead, which retries it (search.max_failures, failures.py).
-Its
-folder (checkpoints and summary.json) stays when it ends; the driver prunes the folders
+With resources.workers > 1 it trains on that many data-parallel Ray Train workers
+(parallel.py) and reports rank 0's evaluations. Its folder (checkpoints and summary.json)
+stays when it ends; the driver prunes the folders
 that search.keep_checkpoints does not keep once the sweep is done (checkpoints.py).
 """
 
@@ -81,7 +82,7 @@ def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dic
     if tid in done:  # complete in an earlier run of this sweep (maybe before group names)
         report(base | done[tid] | {"cached": True, "group_name": group.name})
         return
-    from spiralsearch.training.loop import prepare, train
+    from spiralsearch.training.loop import prepare
 
     nan = math.nan
     failed = {OBJECTIVE: nan, "val_loss": nan, "final_val_loss": nan, "best_val_loss": nan,
@@ -105,9 +106,14 @@ def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dic
         report(base | dict(status=Status.RUNNING.value) | row
                | {OBJECTIVE: objective(space.search.metric, row, best[0])})
 
+    from spiralsearch.search.parallel import WorkersLost, trainer
+
+    fit = trainer(space.resources, checkpoints)  # train, or on K data-parallel workers
     try:
         with memory_limit(space.resources.memory_gb if cfg.train.device == "cpu" else None):
-            result = train(cfg, out_dir=out, callback=on_eval)
+            result = fit(cfg, out_dir=out, callback=on_eval)
+    except WorkersLost:  # a worker's process or node died: Ray retries and records it
+        raise
     except Exception as e:  # noqa: BLE001 — any crash is this trial's failure, not the sweep's
         if is_oom(e):  # the memory is freed by now; Ray retries (and records) it
             limit = space.resources.memory_gb

@@ -22,16 +22,17 @@ def node(cpu: float, gpu: float = 0, memory_gib: float = 64) -> dict[str, float]
     return {"CPU": cpu, "GPU": gpu, "memory": memory_gib * GIB}
 
 
-def test_a_gpu_count_is_checked_per_node_not_summed():
-    """2 + 1 GPUs on two nodes: a 3-GPU trial fits neither (Ray would wait forever)."""
-    nodes = [node(8, 2), node(8, 1)]
-    check_resources(space("cpu: 1, gpu: 2"), nodes, "the Ray cluster")  # node 0 holds it
-    with pytest.raises(ClusterError, match=r"resources\.gpu: each trial asks 3 GPUs but no "
-                       r"node of the Ray cluster has that many \(the most on one node: 2\)"):
-        check_resources(space("cpu: 1, gpu: 3"), nodes, "the Ray cluster")
-    with pytest.raises(ClusterError, match=r"resources\.cpu: each trial asks 4 CPUs but this "
-                       r"machine has 2"):
-        check_resources(space("cpu: 4, gpu: 0"), [node(2)], "this machine")
+def test_a_trial_is_checked_per_node_not_against_the_sum():
+    """Two nodes of 8 CPUs: a 12-CPU trial fits neither (Ray would wait forever), though the
+    cluster has 16."""
+    nodes = [node(8, 1), node(8, 1)]
+    check_resources(space("cpu: 8, gpu: 1"), nodes, "the Ray cluster")  # either holds it
+    with pytest.raises(ClusterError, match=r"resources\.cpu: each trial asks 12 CPUs but no "
+                       r"node of the Ray cluster has that many \(the most on one node: 8\)"):
+        check_resources(space("cpu: 12, gpu: 0"), nodes, "the Ray cluster")
+    with pytest.raises(ClusterError, match=r"resources\.gpu: each trial asks 1 GPUs but this "
+                       r"machine has 0"):
+        check_resources(space("cpu: 1, gpu: 1"), [node(2)], "this machine")
 
 
 def test_cpu_and_gpu_must_be_on_the_same_node():
@@ -60,11 +61,15 @@ def test_the_running_cluster_is_read_node_by_node(monkeypatch):
     import ray
 
     monkeypatch.setattr(ray, "nodes", lambda: [
-        {"Alive": True, "Resources": node(8, 2)}, {"Alive": True, "Resources": node(8, 1)},
-        {"Alive": False, "Resources": node(8, 8)}])  # a dead node holds nothing
-    assert cluster._check_cluster(space("cpu: 1, gpu: 2")) == [node(8, 2), node(8, 1)]
-    with pytest.raises(ClusterError, match="asks 3 GPUs"):
-        cluster._check_cluster(space("cpu: 1, gpu: 3"))
+        {"Alive": True, "Resources": node(8, 1)}, {"Alive": True, "Resources": node(8, 1)},
+        {"Alive": False, "Resources": node(64, 8)}])  # a dead node holds nothing
+    assert cluster._check_cluster(space("cpu: 8, gpu: 1")) == [node(8, 1), node(8, 1)]
+    with pytest.raises(ClusterError, match="asks 12 CPUs"):
+        cluster._check_cluster(space("cpu: 12, gpu: 0"))
+    # a data-parallel trial's workers spread over nodes: 2 workers of 8 CPUs fit 8 + 8
+    assert cluster._check_cluster(space("cpu: 8, gpu: 0, workers: 2"))
+    with pytest.raises(ClusterError, match=r"resources\.workers: 4 workers"):
+        cluster._check_cluster(space("cpu: 8, gpu: 0, workers: 4"))
 
 
 @pytest.mark.parametrize("entries, message", [

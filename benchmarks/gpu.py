@@ -12,6 +12,8 @@ evaluations. tokens/s is the loop's own figure (training only, evaluations exclu
 the intervals after the first (which holds compilation and warm-up); MFU is tokens/s x the
 exact training FLOPs per token over the device's bf16 dense peak (training/device.py), and is
 not computed where no peak is known (the CPU) unless $SPIRALSEARCH_PEAK_FLOPS gives one.
+Then four trials of the plain model packed on the GPU at `resources.gpu: 0.25` run through a
+real sweep (Ray Tune, the store): their tokens/s and MFU each and summed, and the wall time.
 Goal (issue 15): MFU >= 45% for the plain model on one H200.
 
 At toy size (d=64, 4 x 128 tokens, vocab 1024) the figures only show the harness runs; they
@@ -79,11 +81,50 @@ def measure(config: TrialConfig) -> dict:
                                 mfu=r["mfu"] if r["mfu"] == r["mfu"] else None) for r in rows])
 
 
-def packed_sweep(args: argparse.Namespace) -> dict | None:
-    """Hook for the second half of the benchmark (issue 15, the sweep side): four trials
-    packed on one GPU at `resources.gpu: 0.25` through `spiralsearch sweep`, their tokens/s
-    and MFU each and together. Not measured yet: returns None, and gpu.json says so."""
-    return None
+def packed_sweep(size: dict, source: str, device: torch.device, folder: Path) -> dict:
+    """Four trials of the plain model packed on one GPU (`resources.gpu: 0.25`) through a
+    real sweep: each trial's steady tokens/s and MFU, their sum, and the sweep's wall time.
+    Without CUDA, Ray is given one logical GPU and the trials train on the CPU (at toy size:
+    it shows the packing runs, nothing about a GPU)."""
+    import ray
+
+    from spiralsearch.search.driver import run_sweep
+    from spiralsearch.search.space import parse_space
+    from spiralsearch.store import load
+
+    cuda = device.type == "cuda"
+    cpus = os.cpu_count() or 1
+    tokens = size["steps"] * size["batch"] * size["seq_len"]
+    space = parse_space(f"""name: gpu-packed
+data: {{source: "{source}", seq_len: {size['seq_len']}}}
+model: {{spec: "{MODELS['plain-160m']}", preset: {size['preset']}}}
+train: {{batch_size: {size['batch']}, evals: {size['evals']}, eval_batches: 1, warmup_frac: 0.0,
+        seed: {{choice: [0, 1, 2, 3]}}, device: {'auto' if cuda else 'cpu'}}}
+budget: {{kind: tokens, values: [{tokens}]}}
+search: {{sampler: grid, scheduler: none, samples_per_budget: 4, seed: 0}}
+resources: {{cpu: {max(0.5, cpus // 4)}, gpu: 0.25}}
+""")
+    ray.init(address="local", num_cpus=max(cpus, 2), include_dashboard=False,
+             num_gpus=torch.cuda.device_count() if cuda else 1, log_to_driver=False)
+    try:
+        report = run_sweep(space, results=folder / "packed.duckdb", progress=False)
+    finally:
+        ray.shutdown()
+    trials = load(folder / "packed.duckdb")
+    metrics = load(folder / "packed.duckdb", "metrics")
+    per_trial = []
+    for tid in trials["trial_id"]:
+        m = metrics[metrics["trial_id"] == tid].sort_values("step")
+        steady = m.iloc[1:] if len(m) > 1 else m
+        mfu = steady["mfu"].dropna()
+        per_trial.append(dict(trial_id=tid, tokens_per_s=float(steady["tokens_per_s"].mean()),
+                              mfu=float(mfu.mean()) if len(mfu) else None))
+    mfus = [t["mfu"] for t in per_trial if t["mfu"] is not None]
+    return dict(trials=len(trials), counts=report.counts, wall_seconds=report.seconds,
+                resources=dict(cpu=space.resources.cpu, gpu=space.resources.gpu),
+                tokens_per_trial=tokens, per_trial=per_trial,
+                tokens_per_s_sum=sum(t["tokens_per_s"] for t in per_trial),
+                mfu_sum=sum(mfus) if len(mfus) == len(per_trial) else None)
 
 
 def main() -> None:
@@ -109,6 +150,7 @@ def main() -> None:
             r = rows[key]
             mfu = "n/a (no peak known)" if r["mfu"] is None else f"{r['mfu']:.1%}"
             print(f"{key:11s} {r['spec']:24s} {r['tokens_per_s']:12,.0f} tok/s  MFU {mfu}")
+        packed = packed_sweep(size, source, device, Path(tmp))
     plain = rows.get("plain-160m", {}).get("mfu")
     result = dict(
         label=("CPU toy run: shows the harness works, says nothing about GPUs" if toy and
@@ -124,9 +166,9 @@ def main() -> None:
         mfu_goal=dict(model="plain-160m", device="one H200", mfu=MFU_GOAL,
                       met=(plain >= MFU_GOAL if not toy and plain is not None
                            and "H200" in name else None)),
-        packed_sweep=packed_sweep(args))
-    if result["packed_sweep"] is None:
-        print("packed sweep (4 trials at gpu 0.25): not measured by this version")
+        packed_sweep=packed)
+    print(f"packed sweep (4 trials at gpu 0.25): {packed['tokens_per_s_sum']:,.0f} tok/s "
+          f"together, {packed['wall_seconds']:.0f} s, {packed['counts']}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -421,3 +421,18 @@ def test_migrations_bring_a_v1_file_to_the_schema(tmp_path: Path):
                     "SELECT column_name, data_type FROM duckdb_columns() "
                     "WHERE table_name = ?", [table]).fetchall())
                 assert have == {k: t.split()[0] for k, t in want.items()}, (path, table)
+
+
+def test_atomic_writes_get_a_plain_files_mode(tmp_path, monkeypatch):
+    """A report or summary written atomically is readable like any file the user writes
+    (mkstemp's 0600 would hide it from a web server or a colleague)."""
+    import os
+
+    from spiralsearch.atomic import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "r.html", "<html></html>")
+    finally:
+        os.umask(old)
+    assert path.read_text() == "<html></html>" and (path.stat().st_mode & 0o777) == 0o644

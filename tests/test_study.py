@@ -254,3 +254,19 @@ def test_fit_json_carries_every_view(tmp_path):
     cols, cells = fit_rows_text(rows_of(st))
     assert cols[7] == "compute x of g" and cells[0][7] == "baseline"
     assert not math.isnan(rows_of(st)[1]["multiplier"])
+
+
+def test_a_nearly_flat_parabola_is_flagged_not_overflowed():
+    """At one budget the losses fall almost linearly in log N (a vertex e^(5e10) away): the
+    optimum is an extrapolated edge, the advice says the grid is far off, nothing raises
+    (the mini study's bootstrap once hit math.exp's OverflowError here)."""
+    rng = np.random.default_rng(3)
+    trials = chinchilla_study(rng, sigma=0.0, R=2)
+    last = trials["budget_target"] == trials["budget_target"].max()
+    x = np.log(trials.loc[last, "params_non_embedding"])
+    flat = 3.0 - 0.1 * x + 1e-12 * x**2
+    trials.loc[last, "final_test_loss"] = flat
+    st = analyse(trials, by="group", bootstrap=0)
+    (edge,) = [e for e in st.groups["g"].isoflop if e["budget"] == trials["budget_target"].max()]
+    assert edge["edge"] and "far more than the grid spans" in edge["advice"]
+    assert "refused" not in st.groups["g"].optimal_size  # the other budgets still give N*(C)

@@ -169,7 +169,7 @@ def _isoflop(lay: Layout, name, means: np.ndarray) -> list[dict]:
         else:
             x = np.log(lay.N[r])
             p = vp.parabola(x, means[r], lay.R[r])
-            entry |= dict(params_opt=math.exp(p.x_opt) if p.convex else math.nan,
+            entry |= dict(params_opt=_exp(p.x_opt) if p.convex else math.nan,
                           loss_opt=float(p.predict(p.x_opt)) if p.convex else math.nan,
                           edge=p.edge, coef=list(p.coef))
             if p.edge:
@@ -178,12 +178,22 @@ def _isoflop(lay: Layout, name, means: np.ndarray) -> list[dict]:
     return out
 
 
+FAR = 20.0  # a vertex e^20 (5e8) times the grid's centre: the parabola is all but flat
+
+
+def _exp(v: float) -> float:
+    """e^v, inf past float range (a nearly flat parabola's vertex in log N)."""
+    return math.exp(v) if v < 709 else math.inf
+
+
 def _recentre(x: np.ndarray, loss: np.ndarray, p: vp.Parabola) -> str:
     """How to move the next grid so this budget's optimum lands inside it."""
     lower = x[np.argmin(loss)] <= x.min() if not p.convex else p.x_opt < p.x_min
     where = "smaller" if lower else "larger"
     knob = "raise" if lower else "lower"
-    by = f" by ~{math.exp(abs(p.x_opt - x.mean())):.2g}x" if p.convex else ""
+    shift = abs(p.x_opt - x.mean())
+    by = "" if not p.convex else f" by ~{math.exp(shift):.2g}x" if shift < FAR else (
+        " by far more than the grid spans (its parabola is nearly flat)")
     return (f"the optimum lies past the {where} sizes: centre the next grid on {where} "
             f"models{by} ({knob} sizes.tokens_per_param)")
 

@@ -38,7 +38,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check spiralsearch tests benchmarks
 
-# The main job on the embedded defaults: a real sweep on this CPU (~2 min), then the
+# The main job on the embedded defaults: a real sweep on this CPU (~5 min), then the
 # scaling-law fit table and the offline HTML report.
 quickstart: $(STAMP)
 	$(BIN)/spiralsearch sweep search_spaces/quickstart.yaml

@@ -23,7 +23,6 @@ say nothing about a GPU.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spiralsearch.atomic import atomic_write_json
 from spiralsearch.config import TrialConfig
 from spiralsearch.training.device import PEAK_FLOPS_ENV, peak_flops, resolve_device
 from spiralsearch.training.loop import plan_trial, train
@@ -169,9 +169,7 @@ def main() -> None:
         packed_sweep=packed)
     print(f"packed sweep (4 trials at gpu 0.25): {packed['tokens_per_s_sum']:,.0f} tok/s "
           f"together, {packed['wall_seconds']:.0f} s, {packed['counts']}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    print(f"wrote {atomic_write_json(args.out, result)}")
 
 
 if __name__ == "__main__":

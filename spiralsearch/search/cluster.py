@@ -132,12 +132,11 @@ def ray_nodes() -> list[dict[str, float]]:
 
 
 def _asks(space: SearchSpace) -> dict[str, float]:
-    """One trial's demand in Ray's resource names (memory in bytes, when set)."""
-    r = space.resources
-    out = {"CPU": r.cpu, "GPU": r.gpu}
-    if r.memory_gb:
-        out["memory"] = r.memory_gb * GIB
-    return out
+    """What one trial (one worker of a data-parallel trial) asks of a node, in Ray's names:
+    the same bundle its workers ask (parallel.worker_resources), zero amounts left out."""
+    from spiralsearch.search.parallel import worker_resources  # parallel imports this module
+
+    return worker_resources(space.resources)
 
 
 def fits(space: SearchSpace, node: dict[str, float]) -> int:

@@ -135,9 +135,12 @@ def keys(prefix: str = "") -> list[Key]:
         "resources": _section("resources", Resources, False),
         "storage": [Key("storage", "string or null", "null (results/NAME.runs/, beside the "
                         "results file)", "an absolute path (or ~/...) on a filesystem every "
-                        "node mounts; URIs are refused", "",
+                        "node mounts, or a URI pyarrow resolves (s3://, gs://, hdfs://, "
+                        "file://)", "",
                         "where trial checkpoints and Ray Tune's state go: STORAGE/NAME.runs/, "
-                        "so a trial resumed on another node finds its checkpoint")],
+                        "so a trial resumed on another node finds its checkpoint (a URI: "
+                        "each trial trains in local scratch, pulled from it and pushed back "
+                        "at every checkpoint)")],
     }
     assert tuple(sections) == SECTIONS, "a section without its reference"
     return [k for rows in sections.values() for k in rows if k.key.startswith(prefix)]

@@ -89,6 +89,10 @@ def test_one_worker_trains_in_process_and_k_workers_through_ray_train(tmp_path):
     assert trainer(Resources(), tmp_path / "checkpoints") is train
     fit = trainer(Resources(workers=2), tmp_path / "checkpoints")
     assert fit.func is fit_data_parallel and fit.keywords["storage"] == str(tmp_path / "ray")
+    # a URI storage: the trial is mirrored there, and Ray Train's files go there too
+    assert trainer(Resources(), "s3://b/x.runs/checkpoints") is not train
+    fit = trainer(Resources(workers=2), "s3://b/x.runs/checkpoints?region=r")
+    assert fit.keywords["storage"] == "s3://b/x.runs/ray?region=r"
 
 
 def test_a_workers_own_exception_is_the_trials_and_a_lost_worker_is_rays():
@@ -158,8 +162,11 @@ def _wait_for_cpus(ray, n: float, timeout_s: float = 30.0) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("in_uri", [False, True], ids=["local", "uri-storage"])
 def test_data_parallel_sweep_stores_the_one_worker_loss_curve(ray_session, tmp_path,
-                                                              monkeypatch):
+                                                              monkeypatch, in_uri):
+    """Also with `storage:` a URI: every worker pulls the trial's folder where it runs,
+    rank 0 pushes its checkpoints there, Ray Train writes its files there."""
     import torch
 
     from spiralsearch.search.driver import run_sweep
@@ -169,7 +176,8 @@ def test_data_parallel_sweep_stores_the_one_worker_loss_curve(ray_session, tmp_p
     monkeypatch.setenv("SPIRALSEARCH_CACHE", str(tmp_path / "cache"))
     path = tmp_path / "dp.yaml"
     path.write_text(space("cpu: 1, gpu: 0, workers: 2", evals=3, budgets=f"[{16 * 32 * 12}]",
-                          search="sampler: random, scheduler: none, samples_per_budget: 1"))
+                          search="sampler: random, scheduler: none, samples_per_budget: 1")
+                    + (f"storage: {(tmp_path / 'bucket').as_uri()}\n" if in_uri else ""))
     db = tmp_path / "dp.duckdb"
     assert run_sweep(path, results=db, progress=False).counts == {"complete": 1}
     (row,) = load(db).to_dict("records")
@@ -189,7 +197,7 @@ def test_data_parallel_sweep_stores_the_one_worker_loss_curve(ray_session, tmp_p
         assert m["val_loss"] == pytest.approx(o["val_loss"], rel=1e-6)
     assert row["final_val_loss"] == pytest.approx(one.summary["final_val_loss"], rel=1e-6)
     assert row["final_test_loss"] == pytest.approx(one.summary["final_test_loss"], rel=1e-6)
-    runs = tmp_path / "dp.runs"
+    runs = tmp_path / "bucket" / "dp.runs" if in_uri else tmp_path / "dp.runs"
     assert (runs / "checkpoints" / row["trial_id"] / "checkpoints" / "last.pt").is_file()
     assert list((runs / "ray").glob(f"train-{row['trial_id']}-*"))  # a Ray Train run did it
 

@@ -1,6 +1,7 @@
-"""Storage for clusters: a space's `storage:` folder (a shared filesystem) holds its trials'
-checkpoints and Ray Tune's state, so a trial resumed on another node finds its checkpoint;
-and data that each node prepares in its own cache comes out the same."""
+"""Storage for clusters: a space's `storage:` folder (a shared filesystem) or URI (an object
+store; here `file://`, which goes through the same pyarrow code as `s3://`) holds its
+trials' checkpoints and Ray Tune's state, so a trial resumed on another node finds its
+checkpoint; and data that each node prepares in its own cache comes out the same."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from spiralsearch.search.checkpoints import (
 )
 from spiralsearch.search.history import same_design
 from spiralsearch.search.space import SpaceError, parse_space
+from spiralsearch.search.storage import Remote, is_uri, join, mirrored, parent
 from spiralsearch.store import ResultsStore, config_hash
 
 
@@ -28,11 +30,10 @@ def space_text(storage: str | None, name: str = "shared") -> str:
 
 
 @pytest.mark.parametrize("value,message", [
-    ("s3://bucket/runs", "storage: 's3://bucket/runs' is a URI; only a path on a filesystem "
-     "that every node mounts"),
+    ("s3://", "storage: 's3://' names no folder; give one, e.g. s3://bucket/runs"),
     ("runs/shared", "storage: 'runs/shared' is a relative path; give an absolute one"),
-    ("3", "storage: expected a folder path, got 3"),
-    ('""', "storage: expected a folder path, got ''"),
+    ("3", "storage: expected a folder path or URI, got 3"),
+    ('""', "storage: expected a folder path or URI, got ''"),
 ])
 def test_bad_storage_is_refused_in_one_line(value, message):
     with pytest.raises(SpaceError) as err:
@@ -52,6 +53,33 @@ def test_storage_moves_the_runs_folder_and_is_not_part_of_the_design(tmp_path):
         "checkpoints"
     # where files go changes no trial: a YAML that only moves them continues its sweep
     assert same_design(space_text(None), space_text("/mnt/shared"))
+    assert same_design(space_text(None), space_text("s3://bucket/runs"))
+
+
+def test_a_uri_storage_names_folders_in_the_store():
+    space = parse_space(space_text("s3://bucket/spiral?region=eu-west-1"))
+    db = "/home/me/results/shared.duckdb"
+    assert runs_dir(db, space.storage) == "s3://bucket/spiral/shared.runs?region=eu-west-1"
+    assert checkpoints_dir(db, space.storage) == \
+        "s3://bucket/spiral/shared.runs/checkpoints?region=eu-west-1"
+    assert parent(checkpoints_dir(db, space.storage)) == runs_dir(db, space.storage)
+    assert join("gs://b/runs/", "ray") == "gs://b/runs/ray" and not is_uri("/mnt/runs")
+
+
+def test_a_uri_storage_is_checked_before_anything_runs(tmp_path):
+    db = tmp_path / "r.duckdb"
+    uri = (tmp_path / "store").as_uri()
+    assert check_storage(db, uri) == f"{uri}/r.runs"
+    assert not (tmp_path / "store").exists()  # a check creates nothing
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "r.runs").write_text("")
+    with pytest.raises(StorageError, match=r"^storage: file://.*/r\.runs is a file, not a "
+                                           r"folder"):
+        check_storage(db, uri)
+    with pytest.raises(StorageError, match=r"^storage: cannot reach nope://bucket/x/r\.runs "
+                                           r"\(.*\); checkpoints") as err:
+        check_storage(db, "nope://bucket/x")
+    assert "\n" not in str(err.value)
 
 
 def test_unwritable_storage_is_refused_before_anything_runs(tmp_path):
@@ -82,6 +110,77 @@ def test_kept_checkpoints_are_found_and_pruned_in_storage(tmp_path):
     assert checkpoint_of(db, tid) == run  # probe --trial looks in the sweep's storage
     assert prune(store, parse_space(text)) == 1 and not run.exists()
     assert checkpoint_of(db, tid) is None
+
+
+def test_kept_checkpoints_are_found_and_pruned_in_a_uri_storage(tmp_path):
+    db = tmp_path / "results" / "shared.duckdb"
+    uri = (tmp_path / "bucket").as_uri()
+    text = space_text(uri).replace("keep_checkpoints: all", "keep_checkpoints: selected")
+    store = ResultsStore(db)
+    store.begin_sweep("shared", text)
+    kept, dropped = (dict(model=dict(spec="2"), train=dict(seed=s)) for s in (0, 1))
+    store.write(trials=[dict(sweep="shared", config=kept, status="complete", selected=True),
+                        dict(sweep="shared", config=dropped, status="complete",
+                             selected=False)])
+    local = tmp_path / "scratch"
+    (local / "checkpoints").mkdir(parents=True)
+    (local / "summary.json").write_text('{"status": "complete"}')
+    (local / "checkpoints" / "last.pt").write_bytes(b"weights")
+    root = Remote(checkpoints_dir(db, uri))
+    for config in (kept, dropped):
+        assert root.child(config_hash(config)).push(local) == 2
+    run = checkpoint_of(db, config_hash(kept))  # pulled beside the results for probes
+    assert run == tmp_path / "results" / "shared.runs" / "pulled" / config_hash(kept)
+    assert (run / "checkpoints" / "last.pt").read_bytes() == b"weights"
+    assert prune(store, parse_space(text)) == 1
+    assert root.folders() == [config_hash(kept)]
+    assert checkpoint_of(db, config_hash(dropped)) is None
+
+
+def _tiny(steps: int = 12):
+    from spiralsearch.config import TrialConfig
+
+    return TrialConfig.from_dict(dict(
+        model=dict(spec="1+1x{1/2,1}+1", preset="tiny", d_model=32, n_heads=2),
+        data=dict(source="corpus:sotu", seq_len=32),
+        train=dict(batch_size=8, lr=3e-3, evals=3, eval_batches=1, threads=1),
+        budget=dict(kind="tokens", value=8 * 32 * steps)))
+
+
+def test_a_trial_resumes_from_a_uri_on_another_node(tmp_path, monkeypatch):
+    """A trial mirrored to a URI dies after its first checkpoint; run again with nothing on
+    the local disk (another node), it resumes from the pushed checkpoint and ends where an
+    uninterrupted run ends. No scratch folder outlives a run."""
+    import tempfile
+
+    from spiralsearch.training.loop import train
+
+    monkeypatch.setenv("SPIRALSEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
+    (tmp_path / "scratch").mkdir()
+    whole = train(_tiny(), out_dir=tmp_path / "whole")
+    uri = (tmp_path / "bucket" / "t1").as_uri()
+
+    class Killed(Exception):
+        pass
+
+    def die(row):
+        raise Killed
+
+    with pytest.raises(Killed):
+        mirrored(train)(_tiny(), out_dir=uri, callback=die)
+    assert Remote(uri).files() == ["checkpoints/last.pt"]  # pushed before the death
+    rows = []
+    result = mirrored(train)(_tiny(), out_dir=uri, callback=rows.append)
+    assert [r["step"] for r in rows] == [8, 12]  # the first evaluation was not run again
+    assert [r["val_loss"] for r in result.metrics] == \
+        pytest.approx([r["val_loss"] for r in whole.metrics], rel=1e-6)
+    assert Remote(uri).files() == ["checkpoints/last.pt", "summary.json"]
+    assert not list((tmp_path / "scratch").glob("spiralsearch-trial-*"))
+    # a reader (a non-writer rank) pulls but never pushes
+    Remote(uri).delete()
+    mirrored(train, writer=False)(_tiny(), out_dir=uri)
+    assert Remote(uri).kind() == "none"
 
 
 def test_each_node_prepares_the_same_data_in_its_own_cache(tmp_path):
@@ -123,3 +222,37 @@ def test_a_sweep_writes_checkpoints_and_tune_state_to_storage(ray_session, tmp_p
     assert list((runs / "ray").glob("*/experiment_state-*.json"))  # Tune's state
     assert not (tmp_path / "results" / "shared.runs").exists()  # nothing beside the results
     assert checkpoint_of(db, tid) == runs / "checkpoints" / tid
+
+
+@pytest.mark.slow
+def test_a_sweep_writes_checkpoints_and_tune_state_to_a_uri(ray_session, tmp_path,
+                                                           monkeypatch):
+    from spiralsearch.search.driver import run_sweep
+    from spiralsearch.store import load
+
+    monkeypatch.setenv("SPIRALSEARCH_CACHE", str(tmp_path / "cache"))
+    bucket = tmp_path / "bucket"
+    path = tmp_path / "shared.yaml"
+    path.write_text(space_text(bucket.as_uri()))
+    db = tmp_path / "results" / "shared.duckdb"
+    assert run_sweep(path, results=db, progress=False).counts == {"complete": 1}
+    (tid,) = load(db)["trial_id"]
+    runs = bucket / "shared.runs"
+    assert (runs / "checkpoints" / tid / "checkpoints" / "last.pt").is_file()
+    assert (runs / "checkpoints" / tid / "summary.json").is_file()
+    assert list((runs / "ray").glob("*/experiment_state-*.json"))  # Ray wrote it there
+    assert not (tmp_path / "results" / "shared.runs").exists()
+    assert checkpoint_of(db, tid) == tmp_path / "results" / "shared.runs" / "pulled" / tid
+
+
+def test_dry_run_refuses_an_unreachable_uri_in_one_line(tmp_path, capsys):
+    from spiralsearch.cli import main
+
+    path = tmp_path / "shared.yaml"
+    path.write_text(space_text("nope://bucket/runs"))
+    db = tmp_path / "shared.duckdb"
+    assert main(["sweep", str(path), "--dry-run", "--db", str(db)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("spiralsearch sweep: error: storage: cannot reach nope://bucket/runs/"
+                          "shared.runs (") and "\n" not in err
+    assert not db.exists()

@@ -1,9 +1,10 @@
 """Trial checkpoints of a sweep (docs/design.md §4): where they live and which ones survive.
 
 A sweep's worker trains each trial into `results/NAME.runs/checkpoints/<trial_id>/` (or
-`STORAGE/NAME.runs/checkpoints/<trial_id>/` with a `storage:` folder, which the nodes of a
-cluster share), the folder `spiralsearch train --out` would write: `summary.json` and
-`checkpoints/last.pt` (model, optimiser, step, RNG). The worker leaves the folder in place
+`STORAGE/NAME.runs/checkpoints/<trial_id>/` with a `storage:` folder or URI, which the
+nodes of a cluster share; storage.py mirrors a trial's folder to a URI), the folder
+`spiralsearch train --out` would write: `summary.json` and `checkpoints/last.pt` (model,
+optimiser, step, RNG). The worker leaves the folder in place
 when the trial ends. Once the sweep's search and replicate phases are done, `prune`
 deletes the folders that `search.keep_checkpoints` does not keep:
 
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spiralsearch.schema import FINAL_STATUSES, Status
+from spiralsearch.search.storage import Remote, is_uri, join
 from spiralsearch.store import ResultsStore
 
 if TYPE_CHECKING:  # the space module imports optuna; pruning needs only two of its fields
@@ -33,30 +35,37 @@ if TYPE_CHECKING:  # the space module imports optuna; pruning needs only two of 
 KEEP = ("selected", "all", "none")
 
 
-def runs_dir(results: str | Path, storage: str | None = None) -> Path:
+def runs_dir(results: str | Path, storage: str | None = None) -> Path | str:
     """The folder for what a results file's sweep writes outside the store: `ray/` (Ray
     Tune's and Ray Train's files), `checkpoints/` (one folder per trial) and `rerun/`.
-    `NAME.runs` beside the results file, or inside the space's `storage:` folder (a shared
-    filesystem, so every node of a cluster reads and writes the same checkpoints)."""
+    `NAME.runs` beside the results file, or inside the space's `storage:` (a shared
+    filesystem, so every node of a cluster reads and writes the same checkpoints; or a
+    URI, returned as a string, search/storage.py)."""
     path = Path(results)
+    if storage is not None and is_uri(storage):
+        return join(storage, f"{path.stem}.runs")
     root = path.parent if storage is None else Path(storage).expanduser()
     return root / f"{path.stem}.runs"
 
 
-def checkpoints_dir(results: str | Path, storage: str | None = None) -> Path:
-    """Where a sweep's trial folders live: `NAME.runs/checkpoints/`."""
-    return runs_dir(results, storage) / "checkpoints"
+def checkpoints_dir(results: str | Path, storage: str | None = None) -> Path | str:
+    """Where a sweep's trial folders live: `NAME.runs/checkpoints/` (a URI string when
+    `storage:` is one)."""
+    return join(runs_dir(results, storage), "checkpoints")
 
 
 class StorageError(ValueError):
     """Where a sweep's checkpoints go cannot be written."""
 
 
-def check_storage(results: str | Path, storage: str | None) -> Path:
+def check_storage(results: str | Path, storage: str | None) -> Path | str:
     """The sweep's runs folder (runs_dir), refused with a one-line StorageError when it
-    cannot be made or written (its nearest existing folder is not writable). Creates
-    nothing, so a dry run can ask too."""
+    cannot be made or written (its nearest existing folder is not writable), or, for a
+    URI, when pyarrow cannot resolve or reach it or it names a file. Creates nothing, so a
+    dry run can ask too."""
     runs = runs_dir(results, storage)
+    if isinstance(runs, str):
+        return _check_uri(runs)
     where = runs
     while not where.exists() and where != where.parent:
         where = where.parent
@@ -64,6 +73,19 @@ def check_storage(results: str | Path, storage: str | None) -> Path:
         key = "storage" if storage is not None else "--db"
         raise StorageError(f"{key}: cannot write {runs} ({where} is not a writable folder); "
                            f"checkpoints and Ray's files go there")
+    return runs
+
+
+def _check_uri(runs: str) -> str:
+    try:
+        kind = Remote(runs).kind()
+    except Exception as e:  # noqa: BLE001 — pyarrow raises its own kinds; say it in one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StorageError(f"storage: cannot reach {runs} ({first}); checkpoints and Ray's "
+                           f"files go there") from None
+    if kind == "file":
+        raise StorageError(f"storage: {runs} is a file, not a folder; checkpoints and "
+                           f"Ray's files go there")
     return runs
 
 
@@ -96,12 +118,36 @@ def storages(results: str | Path) -> list[str]:
 def checkpoint_of(results: str | Path, trial_id: str) -> Path | None:
     """The run folder of a stored trial (summary.json and checkpoints/last.pt, what
     `spiralsearch probe` reads), beside the results file or in a sweep's `storage:`
-    folder; None when it has none (pruned, or never trained)."""
+    folder; None when it has none (pruned, or never trained). A folder in a URI storage is
+    pulled into `NAME.runs/pulled/<trial_id>/` beside the results file first."""
     for storage in (None, *storages(results)):
-        run = checkpoints_dir(results, storage) / trial_id
-        if (run / "summary.json").is_file() and (run / "checkpoints" / "last.pt").is_file():
+        run = join(checkpoints_dir(results, storage), trial_id)
+        if isinstance(run, str):
+            run = _pulled(results, Remote(run), trial_id)
+            if run is None:
+                continue
+        if _complete(run):
             return run
     return None
+
+
+def _complete(run: Path) -> bool:
+    return (run / "summary.json").is_file() and (run / "checkpoints" / "last.pt").is_file()
+
+
+def _pulled(results: str | Path, remote: Remote, trial_id: str) -> Path | None:
+    """A local copy of a trial folder in a URI storage (refreshed from it), or None when
+    the URI has no complete folder or cannot be read."""
+    try:
+        names = remote.files()
+        if not {"summary.json", "checkpoints/last.pt"} <= set(names):
+            return None
+        local = runs_dir(results) / "pulled" / trial_id
+        shutil.rmtree(local, ignore_errors=True)
+        remote.pull(local)
+    except OSError:  # pyarrow's errors are OSErrors: an unreachable store has no folder
+        return None
+    return local
 
 
 def keeps(keep: str, status: str, selected: bool | None) -> bool:
@@ -121,14 +167,22 @@ def prune(store: ResultsStore, space: SearchSpace) -> int:
     if keep not in KEEP:
         raise ValueError(f"search.keep_checkpoints: {keep!r} is not one of {', '.join(KEEP)}")
     root = checkpoints_dir(store.path, space.storage)
-    if not root.is_dir():
-        return 0
     trials = store.trial_selection(space.name)
     removed = 0
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        state = trials.get(folder.name)
+    for name in _folders(root):
+        state = trials.get(name)
         if state is None or keeps(keep, *state):
             continue
-        shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(root, str):
+            Remote(root).child(name).delete()
+        else:
+            shutil.rmtree(root / name, ignore_errors=True)
         removed += 1
     return removed
+
+
+def _folders(root: Path | str) -> list[str]:
+    """The trial folders' names under a checkpoints folder, local or a URI."""
+    if isinstance(root, str):
+        return Remote(root).folders()
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []

@@ -48,6 +48,7 @@ from spiralsearch.search.space import (
     SearchSpace,
     load_space,
 )
+from spiralsearch.search.storage import join
 from spiralsearch.search.worker import OBJECTIVE, run_trial
 from spiralsearch.store import ResultsStore, store_path
 
@@ -108,9 +109,9 @@ def _quota(space: SearchSpace, g: int, group: Group, prev: Previous) -> int:
     return max(0, n - prev.finished.get(g, 0))
 
 
-def _run_all(space: SearchSpace, *, store: ResultsStore, prev: Previous, checkpoints: Path,
-             storage: Path, max_concurrent: int | None, view: LiveView | None,
-             interrupts: Interrupts, callbacks: tuple = ()) -> int:
+def _run_all(space: SearchSpace, *, store: ResultsStore, prev: Previous,
+             checkpoints: Path | str, storage: Path | str, max_concurrent: int | None,
+             view: LiveView | None, interrupts: Interrupts, callbacks: tuple = ()) -> int:
     """One Tuner for every group, each with its own searcher and ASHA rungs (see grouped.py);
     returns how many trials it launched. Trials an earlier run left unfinished go first and
     resume from their checkpoints."""
@@ -135,7 +136,7 @@ def _run_all(space: SearchSpace, *, store: ResultsStore, prev: Previous, checkpo
 
 
 def _run_replicates(space: SearchSpace, points: list[dict], *, store: ResultsStore,
-                    checkpoints: Path, storage: Path,
+                    checkpoints: Path | str, storage: Path | str,
                     max_concurrent: int | None, view: LiveView | None,
                     interrupts: Interrupts, callbacks: tuple = ()) -> int:
     """The second phase: the replicates of each cell's selected point ({"group", "params",
@@ -156,7 +157,8 @@ def _run_replicates(space: SearchSpace, points: list[dict], *, store: ResultsSto
 
 
 def _fit(space: SearchSpace, groups: list[Group], searcher, scheduler, n: int, *, name: str,
-         store: ResultsStore, done: dict[str, dict], checkpoints: Path, storage: Path,
+         store: ResultsStore, done: dict[str, dict],
+         checkpoints: Path | str, storage: Path | str,
          max_concurrent: int | None, view: LiveView | None, interrupts: Interrupts,
          callbacks: tuple) -> None:
     """One Tuner run of `n` trials proposed by `searcher`, recorded by a StoreCallback. A
@@ -235,7 +237,7 @@ def run_sweep(space: SearchSpace | str | Path, *, results: str | Path | None = N
                 run = dict(store=store, max_concurrent=max_concurrent, view=view,
                            interrupts=interrupts, callbacks=callbacks,
                            checkpoints=checkpoints_dir(path, space.storage),
-                           storage=runs / "ray")
+                           storage=join(runs, "ray"))
                 _run_all(space, prev=prev, **run)
                 interrupts.check()
                 # the cells' searches are done: select each one's point from what is stored

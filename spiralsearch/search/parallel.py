@@ -35,6 +35,7 @@ from spiralsearch.config import TrialConfig
 from spiralsearch.search.cluster import ClusterError
 from spiralsearch.search.failures import GIB, is_oom, memory_limit
 from spiralsearch.search.space import Resources
+from spiralsearch.search.storage import is_uri, join, mirrored, parent
 
 __all__ = ["DRIVER_BYTES", "WorkersLost", "check_workers", "driver_resources",
            "fit_data_parallel", "trainer", "worker_error", "worker_resources"]
@@ -86,12 +87,13 @@ def check_workers(resources: Resources, have: dict[str, float], where: str) -> N
 def trainer(resources: Resources, checkpoints: str | Path):
     """The function run_trial trains a trial with, `train`'s signature (config, out_dir=,
     callback=, gpu_share=): `train` itself for one worker, else fit_data_parallel on
-    `resources.workers` (its Train run's files beside the sweep's checkpoints folder)."""
+    `resources.workers` (its Train run's files beside the sweep's checkpoints folder). An
+    out_dir that is a URI is mirrored (storage.py), by every worker where it runs."""
     if resources.workers == 1:
         from spiralsearch.training.loop import train
 
-        return train
-    storage = str(Path(checkpoints).parent / "ray")
+        return mirrored(train) if is_uri(checkpoints) else train
+    storage = str(join(parent(checkpoints), "ray"))
     return functools.partial(fit_data_parallel, resources=resources, storage=storage)
 
 
@@ -109,6 +111,7 @@ def fit_data_parallel(config: TrialConfig, *, out_dir: str | Path, callback=None
 
     cuda = config.train.device == "cuda"  # placed: auto became cuda or cpu; cuda:N refused
     relay = ray.remote(num_cpus=0)(_Relay).remote()
+    trial = str(out_dir).rstrip("/").rsplit("/", 1)[-1]  # its folder's name, local or a URI
     loop = dict(config=config, out_dir=str(out_dir), relay=relay, cuda=cuda,
                 gpu_share=gpu_share, memory_gb=resources.memory_gb)
     run = _Fit(TorchTrainer(
@@ -117,7 +120,7 @@ def fit_data_parallel(config: TrialConfig, *, out_dir: str | Path, callback=None
         scaling_config=ray.train.ScalingConfig(num_workers=resources.workers, use_gpu=cuda,
                                                resources_per_worker=worker_resources(resources)),
         run_config=ray.train.RunConfig(
-            name=f"train-{Path(out_dir).name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            name=f"train-{trial}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=storage, failure_config=ray.train.FailureConfig(max_failures=0))))
     run.start()
     try:
@@ -224,8 +227,9 @@ def _worker(loop: dict) -> None:
         ray.get(relay.put.remote(("row", row)))
 
     main = ray.train.get_context().get_world_rank() == 0
+    fit = mirrored(train_data_parallel, writer=main)  # a URI out_dir: each rank pulls it
     with memory_limit(loop["memory_gb"] if device.type == "cpu" else None):
-        result = train_data_parallel(loop["config"], out_dir=loop["out_dir"],
+        result = fit(loop["config"], out_dir=loop["out_dir"],
                                      callback=report if main else None,
                                      gpu_share=loop["gpu_share"], device=device)
     if result is not None:

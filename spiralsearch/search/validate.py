@@ -400,19 +400,21 @@ def check_placement(resources, train: dict) -> None:
 
 
 def check_storage(raw: Any) -> str | None:
-    """The top-level `storage:` key: an absolute folder (or ~/...) on a filesystem every
-    node of the cluster mounts, for trial checkpoints and Ray Tune's state; None (the
-    default) keeps them beside the results file. URIs are refused: checkpoints are written
-    with plain file I/O (training/checkpoint.py), so an object store would only look used."""
+    """The top-level `storage:` key, for trial checkpoints and Ray Tune's state: an absolute
+    folder (or ~/...) on a filesystem every node of the cluster mounts, or a URI that
+    pyarrow resolves, as Ray does (`s3://`, `gs://`, `hdfs://`, `file://`; search/storage.py
+    mirrors each trial's folder there); None (the default) keeps them beside the results
+    file. Whether the URI's store is reachable is checked when the sweep starts."""
     if raw is None:
         return None
     if not isinstance(raw, str) or not raw.strip():
-        raise SpaceError(f"storage: expected a folder path, got {raw!r}")
+        raise SpaceError(f"storage: expected a folder path or URI, got {raw!r}")
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", raw):
-        raise SpaceError(f"storage: {raw!r} is a URI; only a path on a filesystem that every "
-                         f"node mounts (NFS, a cluster filesystem) is supported, as trial "
-                         f"checkpoints are written with plain file I/O")
+        if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?]*/?[^?]*[^/?]", raw):
+            raise SpaceError(f"storage: {raw!r} names no folder; give one, e.g. "
+                             f"s3://bucket/runs")
+        return raw
     if not (raw.startswith("/") or raw.startswith("~")):
         raise SpaceError(f"storage: {raw!r} is a relative path; give an absolute one (or "
-                         f"~/...) that names the same folder on every node")
+                         f"~/...) that names the same folder on every node, or a URI")
     return raw

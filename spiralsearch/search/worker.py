@@ -25,6 +25,7 @@ from spiralsearch.search.space import (
     size_target,
     trial_config,
 )
+from spiralsearch.search.storage import join
 
 OBJECTIVE = "objective"  # the search metric, in every report (Optuna and ASHA read it)
 
@@ -97,7 +98,7 @@ def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dic
     base |= dict(params_non_embedding=plan.params_non_embedding,
                  flops_per_token=plan.flops_per_token, budget_kind=plan.kind,
                  planned_steps=plan.steps)  # for the progress display
-    out = Path(checkpoints) / tid
+    out = join(checkpoints, tid)  # a folder, or a URI that the trainer mirrors
 
     best = [math.inf]
 

@@ -239,6 +239,24 @@ def test_a_workers_exception_ends_the_run_as_itself(ray_session, tmp_path, monke
     assert _wait_for_cpus(ray_session, 2) == 2
 
 
+def test_the_estimate_takes_k_workers_as_k_times_one_process(monkeypatch):
+    """The dry run times one process; a K-worker trial trains K times as fast (ideal), so
+    its estimate is 1/K of one worker's. Stored speeds are whole trials' and stay as they
+    are."""
+    from spiralsearch.search import preflight
+    from spiralsearch.search.candidates import cell_costs
+
+    timed = preflight.Rate("m", 1e6, 16, 1000.0)
+    monkeypatch.setattr(preflight, "measure", lambda *a, **k: timed)
+    one, two = (parse_space(space(f"cpu: 1, workers: {k}")) for k in (1, 2))
+    e1 = preflight.estimate(one, cell_costs(one), slots=1)
+    e2 = preflight.estimate(two, cell_costs(two), slots=1)
+    assert (e1.workers, e2.workers) == (1, 2)
+    assert e2.serial_s == pytest.approx(e1.serial_s / 2) and e1.serial_s > 0
+    stored = preflight.estimate(two, cell_costs(two), slots=1, rates=[timed])
+    assert stored.workers == 1 and stored.serial_s == pytest.approx(e1.serial_s)
+
+
 def test_dry_run_refuses_more_workers_than_the_machine_holds(tmp_path, capsys):
     from spiralsearch.cli import main
 

@@ -130,6 +130,9 @@ def _plan(args: argparse.Namespace, space, costs, where: str, n_slots: int) -> N
                        for r in est.rates)
     source = (f"the speeds its trials measured in {db}" if stored else
               f"training steps timed on this machine's {est.device}")
+    if est.workers > 1:
+        source += (f" in one process, taken {est.workers}x for {est.workers} data-parallel "
+                   f"workers (ideal: the all-reduce is not timed)")
     print(f"estimate: ~{duration(est.wall_s)} with {est.slots} trial(s) at once "
           f"(~{duration(est.serial_s)} of training in all), from {source} ({speeds}); an "
           f"estimate only: evaluations and start-up add to it, early stopping takes from it")

@@ -103,7 +103,9 @@ class Rate:
 @dataclass
 class Estimate:
     """Run time of a sweep from measured speeds: `serial_s` with one trial at a time,
-    `wall_s` with `slots` at once; `rates` as measured, `device` where."""
+    `wall_s` with `slots` at once; `rates` as measured, `device` where; `workers` > 1 when
+    one process's timed speed was multiplied by a data-parallel trial's workers (ideal
+    scaling: the gradient all-reduce is not timed, so the estimate errs short)."""
 
     trials: int
     serial_s: float
@@ -111,6 +113,7 @@ class Estimate:
     slots: int
     device: str
     rates: list[Rate] = field(default_factory=list)
+    workers: int = 1
 
 
 def measure(cost: Cost, threads: int, device: str, budget_s: float = MEASURE_S) -> Rate:
@@ -196,16 +199,19 @@ def estimate(space: SearchSpace, costs: dict[int, list[Cost]], slots: int,
              rates: list[Rate] | None = None) -> Estimate | None:
     """The run time of the whole sweep: each cell's trials times its candidates' mean
     training time, at speeds interpolated between `rates` (by default the smallest and the
-    largest model the space trains, by FLOPs per token, timed on this machine). Training
-    steps only: evaluations and start-up come on top, early stopping takes some off. None
-    when no candidate can train."""
+    largest model the space trains, by FLOPs per token, timed on this machine in one
+    process, and for resources.workers: K taken K times as fast; stored `rates` are whole
+    trials' already). Training steps only: evaluations and start-up come on top, early
+    stopping takes some off. None when no candidate can train."""
     import torch
 
     every = [c for cs in costs.values() for c in cs]
     if not every:
         return None
     device = "cuda" if space.resources.gpu > 0 and torch.cuda.is_available() else "cpu"
+    workers = 1
     if not rates:
+        workers = space.resources.workers
         threads = max(1, int(space.resources.cpu))
         by_fpt = sorted(every, key=lambda c: c.train_flops / max(c.tokens, 1))
         picks = [by_fpt[0]] if by_fpt[0] == by_fpt[-1] else [by_fpt[0], by_fpt[-1]]
@@ -215,10 +221,10 @@ def estimate(space: SearchSpace, costs: dict[int, list[Cost]], slots: int,
         if not cs:
             continue
         mean_s = sum(c.train_flops / _rate_at(rates, c.train_flops / max(c.tokens, 1))
-                     for c in cs) / len(cs)
+                     for c in cs) / len(cs) / workers
         serial += k * mean_s
         n += k
-    return Estimate(n, serial, serial / max(1, slots), slots, device, rates)
+    return Estimate(n, serial, serial / max(1, slots), slots, device, rates, workers)
 
 
 # --- warnings ---------------------------------------------------------------------------

@@ -229,9 +229,8 @@ def _run(config: TrialConfig, out_dir, callback, progress: bool, gpu_share: floa
                 step=step, tokens=step * p.tokens_per_step,
                 train_flops=step * p.tokens_per_step * p.flops_per_token,
                 train_loss=train_loss, val_loss=val, val_bpb=ds.bits_per_byte(val), lr=lr,
-                tokens_per_s=tokens_per_s, wall_seconds=run.wall_seconds + now - t_start))
-            # not yet a column of the store's metrics table (schema.MetricRow): reported only
-            row["mfu"] = mfu(tokens_per_s, p.flops_per_token, peak, world.size)
+                tokens_per_s=tokens_per_s, wall_seconds=run.wall_seconds + now - t_start,
+                mfu=mfu(tokens_per_s, p.flops_per_token, peak, world.size)))
             if world.is_main:
                 metrics.append(row)
                 if ckpt is not None and status == Status.COMPLETE:

@@ -160,7 +160,9 @@ def test_compare_unreachable_target():
         fa, fb = fb, fa  # make A the family with the lower floor
     res = compare(fb, fa, at_loss=(fa.E + fb.E) / 2)
     assert res.multiplier == math.inf and "never reaches" in res.note
-    assert res.to_dict()["multiplier"] is None  # strict JSON has no inf
+    # strict JSON has no inf: "never reaches" is written "inf", not null (unknown)
+    assert res.to_dict()["multiplier"] == "inf"
+    assert json.loads(json.dumps(res.to_dict(), allow_nan=False))["multiplier"] == "inf"
 
 
 def test_compare_argument_errors():

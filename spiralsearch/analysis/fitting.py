@@ -117,8 +117,12 @@ def bootstrap_refits(
 
 
 def jsonable(v: object) -> object:
-    """Floats for JSON: non-finite values become None (strict JSON has no inf/nan)."""
+    """Floats for strict JSON, which has no inf or nan: an infinity becomes the string
+    "inf" or "-inf" (an interval open on that side, a group that never reaches a loss:
+    a fact, not a missing value), nan becomes None (nothing to say)."""
     if isinstance(v, float | np.floating):
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
         return float(v) if math.isfinite(v) else None
     if isinstance(v, tuple | list | np.ndarray):
         return [jsonable(x) for x in v]

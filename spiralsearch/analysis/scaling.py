@@ -139,7 +139,7 @@ class PowerLawFit:
             return np.where(gap > 0, np.exp(logc), np.inf)
 
     def to_dict(self) -> dict:
-        """JSON-ready dict; non-finite numbers become None."""
+        """JSON-ready dict (fitting.jsonable: an infinity as "inf", nan as None)."""
         return jsonable({
             "E": self.E, "A": self.A, "alpha": self.alpha, "ci": self.ci,
             "n_points": self.n_points, "loss_value": self.loss_value,
@@ -273,7 +273,8 @@ class CompareResult:
     n_boot: int = 0
 
     def to_dict(self) -> dict:
-        """JSON-ready summary; non-finite numbers become None (see `note`)."""
+        """JSON-ready summary (fitting.jsonable: an infinity as "inf", nan as None; see
+        `note`)."""
         return jsonable({
             "multiplier": self.multiplier, "ci": self.ci, "target_loss": self.target_loss,
             "at_compute": self.at_compute, "note": self.note, "n_boot": self.n_boot,

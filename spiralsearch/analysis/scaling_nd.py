@@ -67,7 +67,7 @@ class NDFit:
         return np.exp(log_n), np.exp(log_nd - log_n)
 
     def to_dict(self) -> dict:
-        """JSON-ready dict; non-finite numbers become None."""
+        """JSON-ready dict (fitting.jsonable: an infinity as "inf", nan as None)."""
         return jsonable({
             "E": self.E, "A": self.A, "alpha": self.alpha, "B": self.B, "beta": self.beta,
             "ci": self.ci, "n_points": self.n_points, "loss_value": self.loss_value,

@@ -314,7 +314,7 @@ class Study:
     bootstrap: dict  # n, what it resamples, seed, why refused
 
     def to_dict(self) -> dict:
-        """JSON-ready: every number finite or None."""
+        """JSON-ready (fitting.jsonable): an infinity as "inf", nan as None."""
         return jsonable(dict(loss=self.loss, by=self.by, baseline=self.baseline,
                              bootstrap=self.bootstrap,
                              groups={k: {f: x for f, x in vars(v).items()

@@ -99,6 +99,17 @@ def test_an_interval_open_to_infinity_prints_inf_not_na():
     assert cells[1][7] == "2.91 [1.46, inf]"
 
 
+def test_a_noiseless_backtest_is_inside_its_zero_width_interval():
+    """Noiseless replicates: every draw predicts the same loss, the interval has zero width
+    and the observed loss differs from it in its last digits only: inside, not outside."""
+    st = analyse(frontier_study(np.random.default_rng(0), sigma=0.0), baseline="y",
+                 bootstrap=20)
+    bt = st.groups["x"].backtest
+    assert bt["rel_error"] < 1e-6 and bt["ci"][1] - bt["ci"][0] < 1e-9 and bt["inside"]
+    _, cells = fit_rows_text(rows_of(st))
+    assert cells[0][8] == "<0.1% (inside interval)"
+
+
 # ----------------------------------------------------------------------------- refusals
 
 

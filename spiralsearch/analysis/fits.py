@@ -171,7 +171,7 @@ def fit_rows_text(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     cells = []
     for r in rows:
         bt, inside = r.get("backtest_rel_error"), r.get("backtest_inside")
-        bt_text = "refused" if bt is None else f"{bt:.1%}" + (
+        bt_text = "refused" if bt is None else (f"{bt:.1%}" if bt >= 5e-4 else "<0.1%") + (
             "" if inside is None else " (inside interval)" if inside else " (outside interval)")
         mult = "baseline" if r["group"] == base else (
             _fmt(r.get("multiplier"), 3) + _ci(r, "multiplier"))

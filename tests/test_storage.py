@@ -132,6 +132,12 @@ def test_kept_checkpoints_are_found_and_pruned_in_a_uri_storage(tmp_path):
     run = checkpoint_of(db, config_hash(kept))  # pulled beside the results for probes
     assert run == tmp_path / "results" / "shared.runs" / "pulled" / config_hash(kept)
     assert (run / "checkpoints" / "last.pt").read_bytes() == b"weights"
+    stamp = (run / "checkpoints" / "last.pt").stat().st_mtime_ns
+    assert checkpoint_of(db, config_hash(kept)) == run  # a whole copy is reused...
+    assert (run / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp
+    (run / "checkpoints" / "last.pt").write_bytes(b"wei")  # ...a cut-off one pulled again
+    assert (checkpoint_of(db, config_hash(kept)) / "checkpoints" / "last.pt").read_bytes() \
+        == b"weights"
     assert prune(store, parse_space(text)) == 1
     assert root.folders() == [config_hash(kept)]
     assert checkpoint_of(db, config_hash(dropped)) is None
@@ -205,44 +211,28 @@ def load_split_in(load_split, data, cache):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("as_uri", [False, True], ids=["folder", "uri"])
 def test_a_sweep_writes_checkpoints_and_tune_state_to_storage(ray_session, tmp_path,
-                                                              monkeypatch):
+                                                              monkeypatch, as_uri):
+    """A folder is written in place; a URI holds the mirrored trial folder, and probes
+    read a pulled copy."""
     from spiralsearch.search.driver import run_sweep
     from spiralsearch.store import load
 
     monkeypatch.setenv("SPIRALSEARCH_CACHE", str(tmp_path / "cache"))
     shared = tmp_path / "shared-fs"
     path = tmp_path / "shared.yaml"
-    path.write_text(space_text(str(shared)))
+    path.write_text(space_text(shared.as_uri() if as_uri else str(shared)))
     db = tmp_path / "results" / "shared.duckdb"
     assert run_sweep(path, results=db, progress=False).counts == {"complete": 1}
     (tid,) = load(db)["trial_id"]
     runs = shared / "shared.runs"
     assert (runs / "checkpoints" / tid / "checkpoints" / "last.pt").is_file()
+    assert (runs / "checkpoints" / tid / "summary.json").is_file()
     assert list((runs / "ray").glob("*/experiment_state-*.json"))  # Tune's state
     assert not (tmp_path / "results" / "shared.runs").exists()  # nothing beside the results
-    assert checkpoint_of(db, tid) == runs / "checkpoints" / tid
-
-
-@pytest.mark.slow
-def test_a_sweep_writes_checkpoints_and_tune_state_to_a_uri(ray_session, tmp_path,
-                                                           monkeypatch):
-    from spiralsearch.search.driver import run_sweep
-    from spiralsearch.store import load
-
-    monkeypatch.setenv("SPIRALSEARCH_CACHE", str(tmp_path / "cache"))
-    bucket = tmp_path / "bucket"
-    path = tmp_path / "shared.yaml"
-    path.write_text(space_text(bucket.as_uri()))
-    db = tmp_path / "results" / "shared.duckdb"
-    assert run_sweep(path, results=db, progress=False).counts == {"complete": 1}
-    (tid,) = load(db)["trial_id"]
-    runs = bucket / "shared.runs"
-    assert (runs / "checkpoints" / tid / "checkpoints" / "last.pt").is_file()
-    assert (runs / "checkpoints" / tid / "summary.json").is_file()
-    assert list((runs / "ray").glob("*/experiment_state-*.json"))  # Ray wrote it there
-    assert not (tmp_path / "results" / "shared.runs").exists()
-    assert checkpoint_of(db, tid) == tmp_path / "results" / "shared.runs" / "pulled" / tid
+    pulled = tmp_path / "results" / "shared.runs" / "pulled" / tid
+    assert checkpoint_of(db, tid) == (pulled if as_uri else runs / "checkpoints" / tid)
 
 
 def test_dry_run_refuses_an_unreachable_uri_in_one_line(tmp_path, capsys):

@@ -136,15 +136,19 @@ def _complete(run: Path) -> bool:
 
 
 def _pulled(results: str | Path, remote: Remote, trial_id: str) -> Path | None:
-    """A local copy of a trial folder in a URI storage (refreshed from it), or None when
-    the URI has no complete folder or cannot be read."""
+    """A local copy of a trial folder in a URI storage, or None when the URI has no
+    complete folder or cannot be read. A copy whose files have the URI's sizes is reused
+    (a kept checkpoint is not trained again), else it is pulled afresh."""
     try:
-        names = remote.files()
-        if not {"summary.json", "checkpoints/last.pt"} <= set(names):
+        sizes = remote.sizes()
+        if not {"summary.json", "checkpoints/last.pt"} <= set(sizes):
             return None
         local = runs_dir(results) / "pulled" / trial_id
-        shutil.rmtree(local, ignore_errors=True)
-        remote.pull(local)
+        have = {p.relative_to(local).as_posix(): p.stat().st_size
+                for p in local.rglob("*") if p.is_file()} if local.is_dir() else {}
+        if have != sizes:
+            shutil.rmtree(local, ignore_errors=True)
+            remote.pull(local)
     except OSError:  # pyarrow's errors are OSErrors: an unreachable store has no folder
         return None
     return local

@@ -80,13 +80,17 @@ class Remote:
 
     def files(self) -> list[str]:
         """Paths of every file below the folder, relative to it ([] when it does not exist)."""
+        return sorted(self.sizes())
+
+    def sizes(self) -> dict[str, int]:
+        """{path relative to the folder: bytes} of every file below it ({} when none)."""
         from pyarrow import fs
 
         filesystem, path = self._fs()
         infos = filesystem.get_file_info(fs.FileSelector(path, recursive=True,
                                                          allow_not_found=True))
         root = path.rstrip("/") + "/"
-        return sorted(i.path[len(root):] for i in infos if i.type == fs.FileType.File)
+        return {i.path[len(root):]: i.size for i in infos if i.type == fs.FileType.File}
 
     def folders(self) -> list[str]:
         """Names of the folder's direct subfolders ([] when it does not exist)."""

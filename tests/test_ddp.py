@@ -5,12 +5,12 @@ DDP averages the gradients), and only rank 0 reports and writes."""
 import json
 import math
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from clusters import free_port
 
 from spiralsearch.config import TrialConfig
 from spiralsearch.training.loop import train, train_data_parallel
@@ -36,12 +36,6 @@ def _worker(rank: int, size: int, port: int, out: str, cfg: dict) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_workers_follow_the_one_worker_loss_curve(tmp_path, monkeypatch):
     monkeypatch.setenv("SPIRALSEARCH_CACHE", str(tmp_path / "cache"))
@@ -51,7 +45,7 @@ def test_two_workers_follow_the_one_worker_loss_curve(tmp_path, monkeypatch):
     cfg = config(micro_batch=4).to_dict()
     out = tmp_path / "ddp"
     out.mkdir()
-    mp.spawn(_worker, args=(2, _free_port(), str(out), cfg), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(out), cfg), nprocs=2, join=True)
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[1] == {"rows": [], "summary": None}  # rank 0 alone reports
     rows, summary = ranks[0]["rows"], ranks[0]["summary"]

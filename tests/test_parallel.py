@@ -268,3 +268,50 @@ def test_dry_run_refuses_more_workers_than_the_machine_holds(tmp_path, capsys):
     assert err.startswith("spiralsearch sweep: error: resources.workers: 1024 workers (1 CPU "
                           "each) need 1024 CPUs per trial but this machine has ")
     assert len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_two_node_cluster_checks_per_node_and_spreads_a_trials_workers(tmp_path,
+                                                                         monkeypatch):
+    """Two Ray nodes of 1 CPU each (`ray start` twice on this machine): one trial asking 2
+    CPUs is refused though the cluster has 2 in all; a trial on 2 workers of 1 CPU must put
+    one on each node, and with `storage:` a URI each pulls the trial's folder where it runs
+    and rank 0 pushes its checkpoints there. Its loss curve is one worker's."""
+    import subprocess
+
+    from clusters import BIN, ENV, ray_cluster
+
+    from spiralsearch.store import query
+    from spiralsearch.training.loop import train
+
+    monkeypatch.setenv("SPIRALSEARCH_CACHE", str(tmp_path / "cache"))
+    env = ENV | {"SPIRALSEARCH_CACHE": str(tmp_path / "cache")}
+    bucket = tmp_path / "bucket"
+    wide = tmp_path / "wide.yaml"
+    wide.write_text(space("cpu: 2, gpu: 0", name="wide"))
+    dp = tmp_path / "dp.yaml"
+    dp.write_text(space("cpu: 1, gpu: 0, workers: 2", evals=3, budgets=f"[{16 * 32 * 12}]",
+                        search="sampler: random, scheduler: none, samples_per_budget: 1")
+                  + f"storage: {bucket.as_uri()}\n")
+    db = tmp_path / "dp.duckdb"
+    with ray_cluster((1, 0), (1, 0)) as address:
+        dry = subprocess.run([str(BIN / "spiralsearch"), "sweep", str(wide), "--dry-run",
+                              "--address", address], env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert dry.returncode == 2 and len(dry.stderr.strip().splitlines()) == 1, dry.stderr
+        assert "asks 2 CPUs" in dry.stderr
+        run = subprocess.run([str(BIN / "spiralsearch"), "sweep", str(dp), "--address",
+                              address, "--db", str(db), "--no-progress"], env=env,
+                             capture_output=True, text=True, timeout=400)
+        assert run.returncode == 0, run.stderr[-3000:]
+    (row,) = query(db, "SELECT trial_id, status, config FROM trials").to_dict("records")
+    assert row["status"] == "complete"
+    runs = bucket / "dp.runs"
+    assert (runs / "checkpoints" / row["trial_id"] / "checkpoints" / "last.pt").is_file()
+    assert list((runs / "ray").glob(f"train-{row['trial_id']}-*"))  # Ray Train wrote there
+    metrics = query(db, "SELECT * FROM metrics ORDER BY step").to_dict("records")
+    config = TrialConfig.from_dict(json.loads(row["config"]) if isinstance(row["config"], str)
+                                   else row["config"])
+    one = train(placed(config, Resources(cpu=1)))
+    assert [m["val_loss"] for m in metrics] == pytest.approx(
+        [o["val_loss"] for o in one.metrics], rel=1e-6)

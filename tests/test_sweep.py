@@ -1,4 +1,3 @@
-import contextlib
 import json
 import time
 
@@ -97,71 +96,31 @@ def test_shipped_spaces_load():
         assert load_space(f"search_spaces/{name}.yaml").name == name
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_sweep_joins_a_running_ray_cluster(tmp_path, monkeypatch):
     """`ray start --head` on 127.0.0.1, then `spiralsearch sweep --address` against it."""
-    import os
-    import shutil
     import subprocess
-    import sys
-    import tempfile
-    from pathlib import Path
 
+    from clusters import BIN, ENV, ray_cluster
 
     monkeypatch.setenv("SPIRALSEARCH_CACHE", str(tmp_path / "cache"))
-    bin_dir = Path(sys.executable).parent
-    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths are capped
-    port = _free_port()
-    env = os.environ | {"RAY_AUTH_MODE": "disabled"}
-    subprocess.run([str(bin_dir / "ray"), "start", "--head", f"--port={port}",
-                    "--node-ip-address=127.0.0.1", "--num-cpus=2", "--num-gpus=0",
-                    "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
-                   check=True, env=env, capture_output=True, timeout=120)
-    try:
+    with ray_cluster((2, 0)) as address:
         space = write_space(tmp_path, name="cluster")
         db = tmp_path / "cluster.duckdb"
-        run = subprocess.run([str(bin_dir / "spiralsearch"), "sweep", str(space), "--address",
-                              f"127.0.0.1:{port}", "--db", str(db), "--no-progress"],
-                             env=env, capture_output=True, text=True, timeout=300)
+        run = subprocess.run([str(BIN / "spiralsearch"), "sweep", str(space), "--address",
+                              address, "--db", str(db), "--no-progress"],
+                             env=ENV, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-3000:]
         assert "2 complete" in run.stdout
         assert sorted(load(db)["status"]) == ["complete", "complete"]
         # --dry-run checks one trial's resources against that cluster (it has no GPUs)
         greedy = tmp_path / "greedy.yaml"
         greedy.write_text(space_text("greedy").replace("gpu: 0", "gpu: 1"))
-        dry = subprocess.run([str(bin_dir / "spiralsearch"), "sweep", str(greedy), "--dry-run",
-                              "--address", f"127.0.0.1:{port}"],
-                             env=env, capture_output=True, text=True, timeout=300)
+        dry = subprocess.run([str(BIN / "spiralsearch"), "sweep", str(greedy), "--dry-run",
+                              "--address", address],
+                             env=ENV, capture_output=True, text=True, timeout=300)
         assert dry.returncode == 2 and len(dry.stderr.strip().splitlines()) == 1, dry.stderr
-        assert f"asks 1 GPUs but the Ray cluster at 127.0.0.1:{port} has 0" in dry.stderr
-    finally:  # stop this cluster only (`ray stop` would stop every Ray on the machine)
-        _kill_cluster(temp)
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-def _kill_cluster(temp: str) -> None:
-    """Kill a `ray start` cluster: the processes that name its temp dir, and their
-    children (agents that rename themselves `ray::...`), gathered before any dies."""
-    import psutil  # Ray vendors it
-
-    doomed = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if any(temp in part for part in (p.info["cmdline"] or [])):
-                doomed += [p, *p.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            continue
-    for p in doomed:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.kill()
+        assert f"asks 1 GPUs but the Ray cluster at {address} has 0" in dry.stderr
 
 
 class _FakeTrial:

@@ -14,7 +14,7 @@ import numpy as np
 from spiralsearch.analysis import vp
 
 if TYPE_CHECKING:
-    from spiralsearch.analysis.study import Layout, Pass
+    from spiralsearch.analysis.views import Layout, Pass
 
 LEVEL = 0.95
 
@@ -41,6 +41,13 @@ def _ci(samples) -> list[float] | None:
         return None
     lo, hi = np.quantile(s, [(1 - LEVEL) / 2, (1 + LEVEL) / 2], method="inverted_cdf")
     return [float(lo), float(hi)]
+
+
+def _within(x: float, ci: list[float], rtol: float = 1e-9) -> bool:
+    """Whether x lies in the interval, up to float rounding (noiseless replicates give an
+    interval of zero width that the observed value misses only in its last digits)."""
+    slack = rtol * max(abs(x), abs(ci[0]), abs(ci[1]))
+    return ci[0] - slack <= x <= ci[1] + slack
 
 
 def _compare(lay: Layout, names: list, baseline, means: np.ndarray, point: Pass,

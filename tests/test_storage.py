@@ -246,3 +246,36 @@ def test_dry_run_refuses_an_unreachable_uri_in_one_line(tmp_path, capsys):
     assert err.startswith("spiralsearch sweep: error: storage: cannot reach nope://bucket/runs/"
                           "shared.runs (") and "\n" not in err
     assert not db.exists()
+
+
+def test_a_push_replaces_files_where_a_move_cannot_overwrite(tmp_path, monkeypatch):
+    """HDFS refuses to move onto an existing file: the old one is deleted first. A pull
+    never takes a `.partial` file (a push cut off mid-file) for a checkpoint."""
+    from pyarrow import fs
+
+    class NoOverwrite:  # LocalFileSystem, but a move onto an existing file fails
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def move(self, src, dest):
+            if self.inner.get_file_info(dest).type != fs.FileType.NotFound:
+                raise OSError(f"{dest} exists")
+            self.inner.move(src, dest)
+
+    real = Remote._fs
+    monkeypatch.setattr(Remote, "_fs", lambda self: (lambda f, p: (NoOverwrite(f), p))(
+        *real(self)))
+    remote = Remote((tmp_path / "store" / "t").as_uri())
+    local = tmp_path / "scratch"
+    (local / "checkpoints").mkdir(parents=True)
+    for weights in (b"first", b"second"):
+        (local / "checkpoints" / "last.pt").write_bytes(weights)
+        assert remote.push(local) == 1
+    assert (tmp_path / "store" / "t" / "checkpoints" / "last.pt").read_bytes() == b"second"
+    (tmp_path / "store" / "t" / "summary.json.partial").write_text("{")
+    assert remote.files() == ["checkpoints/last.pt"]
+    assert remote.pull(tmp_path / "node") == 1 and not (tmp_path / "node" /
+                                                        "summary.json.partial").exists()

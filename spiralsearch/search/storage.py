@@ -31,6 +31,7 @@ __all__ = ["Remote", "is_uri", "join", "mirrored", "parent"]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _WHOLE_OBJECTS = ("s3", "gcs")  # filesystems whose uploads appear atomically
+_PARTIAL = ".partial"  # a file being pushed, before it is moved into place
 
 
 def is_uri(location: str | Path) -> bool:
@@ -83,14 +84,16 @@ class Remote:
         return sorted(self.sizes())
 
     def sizes(self) -> dict[str, int]:
-        """{path relative to the folder: bytes} of every file below it ({} when none)."""
+        """{path relative to the folder: bytes} of every whole file below it ({} when none;
+        a push cut off mid-file leaves a `.partial` file, which is not one)."""
         from pyarrow import fs
 
         filesystem, path = self._fs()
         infos = filesystem.get_file_info(fs.FileSelector(path, recursive=True,
                                                          allow_not_found=True))
         root = path.rstrip("/") + "/"
-        return {i.path[len(root):]: i.size for i in infos if i.type == fs.FileType.File}
+        return {i.path[len(root):]: i.size for i in infos
+                if i.type == fs.FileType.File and not i.path.endswith(_PARTIAL)}
 
     def folders(self) -> list[str]:
         """Names of the folder's direct subfolders ([] when it does not exist)."""
@@ -122,11 +125,11 @@ class Remote:
         for file in names:
             target = f"{path.rstrip('/')}/{file.relative_to(local).as_posix()}"
             filesystem.create_dir(target.rsplit("/", 1)[0], recursive=True)
-            staged = target if whole else f"{target}.partial"
+            staged = target if whole else target + _PARTIAL
             with open(file, "rb") as src, filesystem.open_output_stream(staged) as dst:
                 shutil.copyfileobj(src, dst, 2**24)
             if not whole:
-                filesystem.move(staged, target)
+                _replace(filesystem, staged, target)
         return len(names)
 
     def delete(self) -> None:
@@ -134,6 +137,17 @@ class Remote:
         filesystem, path = self._fs()
         if self.kind() == "dir":
             filesystem.delete_dir(path)
+
+
+def _replace(filesystem, staged: str, target: str) -> None:
+    """Move `staged` onto `target`. Where a move cannot overwrite (HDFS refuses an existing
+    target), delete the old file first: a crash between the two leaves only the
+    `.partial`, which a pull skips, so the trial starts over rather than from half a file."""
+    try:
+        filesystem.move(staged, target)
+    except OSError:
+        filesystem.delete_file(target)
+        filesystem.move(staged, target)
 
 
 def mirrored(fit, *, writer: bool = True):

@@ -279,3 +279,16 @@ def test_a_push_replaces_files_where_a_move_cannot_overwrite(tmp_path, monkeypat
     assert remote.files() == ["checkpoints/last.pt"]
     assert remote.pull(tmp_path / "node") == 1 and not (tmp_path / "node" /
                                                         "summary.json.partial").exists()
+
+
+def test_dry_run_says_where_the_files_go(tmp_path, capsys, monkeypatch):
+    from spiralsearch.cli import main
+
+    monkeypatch.setenv("SPIRALSEARCH_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "shared.yaml"
+    uri = (tmp_path / "bucket").as_uri()
+    path.write_text(space_text(uri))
+    db = tmp_path / "shared.duckdb"
+    assert main(["sweep", str(path), "--dry-run", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert f"files: results in {db}; checkpoints and Ray's files in {uri}/shared.runs" in out

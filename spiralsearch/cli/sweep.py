@@ -94,20 +94,21 @@ def _dry_run(args: argparse.Namespace, space) -> int:
     rows = check_candidates(space)
     datasets = check_data(space)
     where, nodes = check_machine(space, args.address)
-    check_storage(args.db or store_path(space.name), space.storage)  # creates nothing
+    runs = check_storage(args.db or store_path(space.name), space.storage)  # creates nothing
     costs = cell_costs(space)
     notes = warnings(space, costs, datasets)
     emit(args, rows, lambda: (_candidate_table(space, rows),
                               _plan(args, space, costs, where,
-                                    slots(space, nodes, args.max_concurrent))))
+                                    slots(space, nodes, args.max_concurrent), runs)))
     for n in notes:
         print(f"{args.prog}: warning: {n}", file=sys.stderr)
     return 0
 
 
-def _plan(args: argparse.Namespace, space, costs, where: str, n_slots: int) -> None:
-    """The grid size and the run-time estimate, from the speeds an earlier run of the sweep
-    stored, else from training steps timed here."""
+def _plan(args: argparse.Namespace, space, costs, where: str, n_slots: int, runs) -> None:
+    """The grid size, where its files go (`runs`: checkpoints and Ray's, a folder or a
+    URI) and the run-time estimate, from the speeds an earlier run of the sweep stored,
+    else from training steps timed here."""
     from pathlib import Path
 
     from spiralsearch.search.preflight import estimate, stored_rates, trials_per_cell
@@ -121,6 +122,7 @@ def _plan(args: argparse.Namespace, space, costs, where: str, n_slots: int) -> N
           f"{', size' if space.sizes else ''}) cells x samples"
           f"{f' + {reps} replicates each' if reps else ''}); one trial fits {where}")
     db = Path(args.db) if args.db else store_path(space.name)
+    print(f"files: results in {db}; checkpoints and Ray's files in {runs}")
     stored = stored_rates(db, space.name)
     est = estimate(space, costs, n_slots, stored)
     if est is None:

@@ -149,7 +149,7 @@ def _pulled(results: str | Path, remote: Remote, trial_id: str) -> Path | None:
         if have != sizes:
             shutil.rmtree(local, ignore_errors=True)
             remote.pull(local)
-    except OSError:  # pyarrow's errors are OSErrors: an unreachable store has no folder
+    except (OSError, ValueError):  # pyarrow's: unreachable (OSError), unparsable (ValueError)
         return None
     return local
 

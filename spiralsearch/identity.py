@@ -1,5 +1,12 @@
-"""A config's identity: the hash of its canonical JSON (docs/design.md §5). A trial's id is
-`TrialConfig.trial_id`, which calls `config_hash`; nothing else should hash configs.
+"""A config's identity: the hash of its canonical JSON, less its execution settings
+(docs/design.md §8). A trial's id is `TrialConfig.trial_id`, which calls `config_hash`;
+nothing else should hash configs.
+
+Execution settings (EXECUTION) say how a trial's steps are run, not what they compute:
+compiling, splitting a step into micro-batches, computing the loss in chunks change float
+rounding only. They stay in the stored config (a rerun uses them) but not in the id, so a
+sweep that lowers `train.micro_batch` after running out of memory goes on with the trials
+it has.
 """
 
 from __future__ import annotations
@@ -9,7 +16,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["canonical_config", "canonical_json", "config_hash"]
+__all__ = ["EXECUTION", "canonical_config", "canonical_json", "config_hash", "identity"]
+
+EXECUTION: dict[str, tuple[str, ...]] = {"train": ("compile", "micro_batch", "loss_chunk")}
 
 
 def canonical_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -29,10 +38,20 @@ def canonical_json(config: Mapping[str, Any]) -> str:
     return json.dumps(config, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
+def identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a config that says what a trial computes: the canonical config less its
+    EXECUTION settings."""
+    out = canonical_config(config)
+    for section, keys in EXECUTION.items():
+        if isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if k not in keys}
+    return out
+
+
 def config_hash(config: Mapping[str, Any], n_hex: int = 16) -> str:
-    """Stable id of a config dict: sha256 of its canonical JSON, first `n_hex` hex digits.
-    Note 1 and 1.0 hash differently. A trial's id is `TrialConfig.trial_id`, which calls
-    this on its identity dict; nothing else should hash configs."""
-    return hashlib.sha256(canonical_json(canonical_config(config)).encode()).hexdigest()[:n_hex]
+    """Stable id of a config dict: sha256 of the canonical JSON of its identity, first
+    `n_hex` hex digits. Note 1 and 1.0 hash differently. A trial's id is
+    `TrialConfig.trial_id`, which calls this; nothing else should hash configs."""
+    return hashlib.sha256(canonical_json(identity(config)).encode()).hexdigest()[:n_hex]
 
 

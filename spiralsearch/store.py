@@ -505,6 +505,34 @@ class ResultsStore:
                                          if k in types} for r in trials])
             _upsert(con, "metrics", mrows)
 
+    def rekey(self, changes: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+        """Give stored trials new ids, in one transaction. `changes` maps an old trial_id
+        to a trial row (`sweep`, the `config` it now has, any other TRIAL_COLUMNS to set)
+        whose id is config_hash(config): what the trial is called now that the identity
+        rule, or the config's fields, changed since it was stored. Its metrics follow.
+        An old id that is not stored, or a new id another row already holds, is left alone;
+        returns {old id: new id} of those moved."""
+        rows = {old: _prepare_trial(r) for old, r in changes.items()}
+        if not rows:
+            return {}
+        moved: dict[str, str] = {}
+        with self._transaction() as con:
+            have = {r[0] for r in con.execute("SELECT trial_id FROM trials").fetchall()}
+            for old, r in rows.items():
+                new = r["trial_id"]
+                if old not in have or new in have:
+                    continue
+                con.execute("UPDATE trials SET trial_id = ? WHERE trial_id = ?", [new, old])
+                con.execute("UPDATE metrics SET trial_id = ? WHERE trial_id = ?", [new, old])
+                have = (have - {old}) | {new}
+                moved[old] = new
+            done = [r for old, r in rows.items() if old in moved]
+            if done:
+                types = _ensure_columns(con, done)
+                _upsert(con, "trials", [{k: _adapt(v, types[k]) for k, v in r.items()
+                                         if k in types} for r in done])
+        return moved
+
     def _read(self, sql: str, params: list) -> list[tuple]:
         with self._transaction() as con:
             return con.execute(sql, params).fetchall()

@@ -74,7 +74,11 @@ def test_the_running_cluster_is_read_node_by_node(monkeypatch):
 
 @pytest.mark.parametrize("entries, message", [
     (dict(train="micro_batch: 3"), "train.micro_batch: 3 does not divide batch_size 4"),
-    (dict(train="micro_batch: {choice: [2, 3]}"), "train.micro_batch: 3 does not divide"),
+    (dict(train="micro_batch: 4", batch_size="{choice: [4, 6]}"),
+     "train.micro_batch: 4 does not divide batch_size 6"),
+    # how a step runs is not a design choice: it is not part of a trial's identity
+    (dict(train="micro_batch: {choice: [2, 4]}"), "train.micro_batch: says how a trial's "
+     "steps run, not what they compute, so it takes one value, not a distribution"),
 ])
 def test_rules_between_keys_refuse_the_space_not_a_trial(entries, message):
     """A rule between two keys of a section holds for every combination of its values, at

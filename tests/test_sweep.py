@@ -51,6 +51,23 @@ def test_sweep_end_to_end_and_idempotent_rerun(ray_session, tmp_path, monkeypatc
     assert again.skipped == 2 and again.counts == {"complete": 2}
     assert len(load(db)) == 2 and len(load(db, "metrics")) == 4
 
+    # a file an older version wrote (other ids), continued with smaller micro-batches (how
+    # steps run, not what they compute): re-keyed, nothing trains again or is duplicated
+    import duckdb
+
+    ids = sorted(trials["trial_id"])
+    with duckdb.connect(str(db)) as con:
+        for tid in ids:
+            for table in ("trials", "metrics"):
+                con.execute(f"UPDATE {table} SET trial_id = ? WHERE trial_id = ?",
+                            ["old-" + tid, tid])
+    space.write_text(space_text().replace("eval_batches: 1", "eval_batches: 1, "
+                                          "micro_batch: 2"))
+    later = run_sweep(space, results=db, progress=False)
+    assert later.skipped == 2 and later.counts == {"complete": 2}
+    assert "2 stored trial(s) moved to the ids this version gives them" in later.note
+    assert sorted(load(db)["trial_id"]) == ids and len(load(db, "metrics")) == 4
+
 
 @pytest.mark.slow
 def test_failing_trial_is_recorded_and_the_sweep_goes_on(ray_session, tmp_path, monkeypatch):

@@ -41,6 +41,7 @@ from spiralsearch.search.parallel import driver_resources
 from spiralsearch.search.preflight import cell_flops, check_data
 from spiralsearch.search.progress import plan_of
 from spiralsearch.search.recorder import LiveView, StoreCallback
+from spiralsearch.search.rekey import rekey
 from spiralsearch.search.resume import KnownTrials, Previous
 from spiralsearch.search.samplers import make_sampler
 from spiralsearch.search.space import (
@@ -217,6 +218,10 @@ def run_sweep(space: SearchSpace | str | Path, *, results: str | Path | None = N
     path = path.resolve()
     store = ResultsStore(path)
     space, note = sweep_name(store, space, force_new=force_new)
+    moved = rekey(store)  # ids from an older identity rule: before anything reads them
+    if moved:
+        note = "; ".join(filter(None, [note, f"{len(moved)} stored trial(s) moved to the "
+                                       f"ids this version gives them (rekey.py)"]))
     check_candidates(space)  # a (budget, group) that no candidate can run: refuse now
     groups = space.groups()
     prev = Previous.load(path, space, groups, retry_failed=retry_failed)

@@ -7,8 +7,9 @@ new sweep name (NAME-2, NAME-3, ...). A YAML that one of those numbered sweeps r
 that sweep. Comments and layout are not content: the YAML documents are compared, less
 what does not change which trials run or what they compute (OPERATIONAL: the name, the
 description, where checkpoints are stored, how many trials run at once, retries, which
-checkpoints are kept, the memory limit); an edit of those alone continues the sweep and
-records the new YAML.
+checkpoints are kept, the memory limit, and the execution settings that are not part of a
+trial's identity: train.compile, micro_batch, loss_chunk); an edit of those alone
+continues the sweep and records the new YAML.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import re
 
 import yaml
 
+from spiralsearch.identity import EXECUTION
 from spiralsearch.search.space import SearchSpace
 from spiralsearch.store import ResultsStore
 
@@ -30,9 +32,10 @@ class SweepChanged(ValueError):
     message's first line is the error; the lines after it are a short unified diff."""
 
 
+# and how a trial's steps are run (identity.EXECUTION: micro-batches after an OOM, ...)
 OPERATIONAL = {"": ("name", "description", "storage"),
                "search": ("max_concurrent", "max_failures", "keep_checkpoints"),
-               "resources": ("memory_gb",)}
+               "resources": ("memory_gb",)} | EXECUTION
 
 
 def _content(text: str | None) -> object:

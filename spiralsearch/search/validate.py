@@ -25,6 +25,7 @@ from spiralsearch.fields import (
     check_value,
     field_specs,
 )
+from spiralsearch.identity import EXECUTION
 from spiralsearch.model.config import CHOICES, PRESETS, ModelConfig
 from spiralsearch.model.spec import SpecError, parse_spec
 
@@ -165,10 +166,17 @@ def to_optuna(v: dict) -> optuna.distributions.BaseDistribution:
 # --- sections ---------------------------------------------------------------------------------
 
 def check_section(name: str, raw: Any) -> dict:
-    """data or train: fields of its config class, each a value or a distribution."""
+    """data or train: fields of its config class, each a value or a distribution (but an
+    execution setting, identity.EXECUTION, takes one value: it is not part of a trial's
+    identity, so trials that differ only there are one trial)."""
     specs = field_specs(SECTION_CLASSES[name])
-    return {k: _option(f"{name}.{k}", v, specs[k])
-            for k, v in check_keys(name, raw, tuple(specs)).items()}
+    out = {k: _option(f"{name}.{k}", v, specs[k])
+           for k, v in check_keys(name, raw, tuple(specs)).items()}
+    for k in EXECUTION.get(name, ()):
+        if isinstance(out.get(k), dict):
+            raise SpaceError(f"{name}.{k}: says how a trial's steps run, not what they "
+                             f"compute, so it takes one value, not a distribution")
+    return out
 
 
 def _spec(path: str, text: Any) -> str:

@@ -3,7 +3,7 @@
     config = TrialConfig.from_dict({"model": {"spec": "1+2x{1/4,1}+1", "preset": "tiny"},
                                     "budget": {"kind": "flops", "value": 3e12}})
     config.model        # the resolved ModelConfig: preset widths, data vocabulary, seq_len
-    config.trial_id     # the trial's identity: hash of its canonical dict
+    config.trial_id     # the trial's identity: hash of its canonical dict (identity.py)
     config.to_dict()    # canonical nested dict; from_dict(to_dict()) == config
 
 Sections are `Config` dataclasses whose fields carry their own help text, domain check and
@@ -259,9 +259,10 @@ class TrialConfig:
 
     @property
     def trial_id(self) -> str:
-        """The trial's identity in the store: config_hash of `to_dict()`. Take it from the
-        config as requested: filling in where it runs (threads, an `auto` device) is not a
-        new trial, so the sweep worker does that after reading the id."""
+        """The trial's identity in the store: config_hash of `to_dict()`, which leaves out
+        how its steps run (identity.EXECUTION). Take it from the config as requested:
+        filling in where it runs (threads, an `auto` device) is not a new trial, so the
+        sweep worker does that after reading the id."""
         return config_hash(self.to_dict())
 
     @property

@@ -142,6 +142,31 @@ def test_run_trial_records_a_workers_exception_and_lets_ray_retry_a_lost_one(mon
                   report=reports.append)
 
 
+def test_a_gpu_trial_out_of_memory_is_retried_with_advice(monkeypatch, tmp_path):
+    """CUDA's allocator failing is raised to Ray (which retries it), saying what to change:
+    micro-batches continue the sweep (not part of a trial's identity)."""
+    import torch
+
+    from spiralsearch.search import parallel
+    from spiralsearch.search.failures import TrialOutOfMemory
+    from spiralsearch.search.worker import run_trial
+
+    monkeypatch.setenv("SPIRALSEARCH_CACHE", str(tmp_path / "cache"))
+    s = parse_space(space("cpu: 1, gpu: 0.5"))
+
+    def fit(config, **kw):
+        assert config.train.device == "cuda"  # placed on its GPU share
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore")
+
+    monkeypatch.setattr(parallel, "trainer", lambda resources, checkpoints: fit)
+    with pytest.raises(TrialOutOfMemory) as err:
+        run_trial({"group": 0, "params": {}}, space=s, groups=s.groups(), done={},
+                  checkpoints=str(tmp_path), report=lambda row: None)
+    assert str(err.value) == ("OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 "
+                              "GiB; lower train.micro_batch (the sweep goes on with the "
+                              "trials it has) or give each trial a larger resources.gpu share")
+
+
 # --- on Ray, two CPU workers over gloo --------------------------------------------------------
 
 def _config(steps: int = 12, **train) -> TrialConfig:

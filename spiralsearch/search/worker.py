@@ -117,9 +117,8 @@ def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dic
         raise
     except Exception as e:  # noqa: BLE001 — any crash is this trial's failure, not the sweep's
         if is_oom(e):  # the memory is freed by now; Ray retries (and records) it
-            limit = space.resources.memory_gb
-            raise TrialOutOfMemory(f"{type(e).__name__}: {_first_line(e)}" + (
-                f" (limit resources.memory_gb: {limit:g})" if limit else "")) from None
+            raise TrialOutOfMemory(f"{type(e).__name__}: {_first_line(e)}"
+                                   + _oom_advice(cfg, space.resources)) from None
         report(base | failed | dict(status=Status.FAILED.value, failure="raised",
                                     error=f"{type(e).__name__}: {e}"))
         return
@@ -132,6 +131,17 @@ def run_trial(trial: dict, *, space: SearchSpace, groups: list[Group], done: dic
            | {OBJECTIVE: objective(space.search.metric, last, s["best_val_loss"]),
               "history": json.dumps(result.metrics)})
     # `out` stays: selection is only known once the sweep is done (checkpoints.prune)
+
+
+def _oom_advice(config: TrialConfig, resources: Resources) -> str:
+    """What to change after a trial ran out of memory: on a GPU its micro-batches (not part
+    of its identity, so the sweep goes on with its trials) or its share; on the CPU the
+    limit it ran under."""
+    if config.train.device == "cuda":
+        return ("; lower train.micro_batch (the sweep goes on with the trials it has) or give "
+                "each trial a larger resources.gpu share")
+    limit = resources.memory_gb
+    return f" (limit resources.memory_gb: {limit:g})" if limit else ""
 
 
 def _first_line(e: BaseException) -> str:

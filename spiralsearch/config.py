@@ -129,10 +129,11 @@ class OptimConfig(Config):
                       check=lambda v: bool(re.fullmatch(r"auto|cpu|cuda(:\d+)?", v)),
                       what="auto, cpu, cuda or cuda:N")
     threads: int = opt(0, "torch CPU threads; 0 leaves torch's default", **_GE0)
-    # auto: on CUDA only. On this 2-core CPU compiling costs more than it saves for the
-    # minutes-long trials CPU sweeps run (benchmarks/results/compile.json)
-    compile: str = opt("auto", "torch.compile the model: auto (on CUDA), on, off",
-                       choices=("auto", "on", "off"))
+    # opt in: compiling costs minutes per trial (on this 2-core CPU more than it saves for
+    # minutes-long trials, benchmarks/results/compile.json) and has not yet run on a GPU;
+    # auto compiles on CUDA only. Not part of a trial's identity (identity.EXECUTION).
+    compile: str = opt("off", "torch.compile the model: off, on, or auto (on CUDA only)",
+                       choices=("off", "on", "auto"))
     # gradient accumulation: a step is still batch_size sequences (budgets count those)
     micro_batch: int = opt(0, "sequences per forward/backward pass, gradients summed over the "
                            "step's micro-batches (per data-parallel worker); 0: the whole "

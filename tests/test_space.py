@@ -318,3 +318,18 @@ def test_params_budget_needs_tokens_and_plans():
     rows = check_candidates(s)
     assert all(abs(r["budgets"][0]["params_non_embedding"] / 2e5 - 1) <= 0.01 for r in rows)
     assert resolve(s, s.groups()[0], {"train.lr": 1e-3}).budget.tokens == 4096000.0
+
+
+def test_only_true_and_false_are_booleans():
+    """YAML 1.1 reads on/off/yes/no as booleans, so `compile: off` would be refused as
+    False; spaces read them as the strings they look like (YAML 1.2)."""
+    from models import space_yaml
+
+    from spiralsearch.search.space import trial_config
+
+    for value in ("off", "on"):
+        space = parse_space(space_yaml("s", train=f"compile: {value}"))
+        trial = trial_config(space, space.groups(), {"group": 0, "params": {}})
+        assert trial.train.compile == value
+    with pytest.raises(SpaceError, match="model.embed_scale: expected true or false, got 'yes'"):
+        parse_space(space_yaml("s").replace("n_heads: 2", "n_heads: 2\n  embed_scale: yes"))

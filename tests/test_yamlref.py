@@ -44,7 +44,9 @@ def _written(default: str):
     ("required", "none (the defaults below)") or null."""
     if "(" in default or default.startswith(("required", "each")):
         return None
-    return yaml.safe_load(default)
+    from spiralsearch.search.validate import read_yaml  # as a space reads it: `off` a string
+
+    return read_yaml(f"v: {default}", "docs/yaml.md")["v"]
 
 
 @pytest.mark.parametrize("key", [k for k in keys() if "." in k.key

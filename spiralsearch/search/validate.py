@@ -49,8 +49,9 @@ SECTION_CLASSES = {"data": DataConfig, "train": OptimConfig}
 
 
 class _Loader(yaml.SafeLoader):
-    """Reads `3e12` as a float (PyYAML's YAML 1.1 wants `3.0e12`) and refuses duplicate keys
-    (PyYAML silently keeps the last)."""
+    """Reads `3e12` as a float (PyYAML's YAML 1.1 wants `3.0e12`), only true and false as
+    booleans (YAML 1.2: `compile: off` is the string "off", not False) and refuses
+    duplicate keys (PyYAML silently keeps the last)."""
 
     def construct_mapping(self, node, deep=False):
         if not isinstance(node, yaml.MappingNode):  # `!!set 0`: PyYAML's own error
@@ -70,6 +71,12 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
     r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+_BOOL = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {  # the float line above gave _Loader its own copy
+    first: [(tag, rx) for tag, rx in rules if tag != _BOOL]
+    for first, rules in _Loader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
 
 
 def read_yaml(text: str, source: str) -> dict:

@@ -17,6 +17,7 @@ from typing import Any
 
 from spiralsearch.config import Budget, DataConfig, OptimConfig
 from spiralsearch.fields import FieldSpec, field_specs
+from spiralsearch.identity import EXECUTION
 from spiralsearch.model.config import ModelConfig
 from spiralsearch.search.sizes import SizeAxis
 from spiralsearch.search.space import Resources, SearchSettings
@@ -78,8 +79,10 @@ def _field(path: str, spec: FieldSpec, searchable: bool, default: Any = None) ->
 
 
 def _section(name: str, cls, searchable: bool, skip=()) -> list[Key]:
-    return [_field(f"{name}.{k}", s, searchable) for k, s in field_specs(cls).items()
-            if k not in skip]
+    """A section's keys; its execution settings (identity.EXECUTION) take one value."""
+    fixed = EXECUTION.get(name, ())
+    return [_field(f"{name}.{k}", s, searchable and k not in fixed)
+            for k, s in field_specs(cls).items() if k not in skip]
 
 
 def _model() -> list[Key]:

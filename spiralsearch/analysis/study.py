@@ -76,6 +76,8 @@ def cells(trials: pd.DataFrame, by: str, loss: str) -> pd.DataFrame:
         picked = g[mask] if mask is not None and mask.any() else None
         if picked is None:  # no selection stored: the best by validation (never by test)
             picked = g.loc[[g["final_val_loss"].astype(float).idxmin()]]
+        # by loss, so the bootstrap's draws never depend on row order or trial ids
+        picked = picked.sort_values(loss, kind="stable")
         ls = picked[loss].astype(float).to_numpy()
         rows.append(dict(group=key[0], budget=float(key[1]), size=int(key[2]),
                          C=_mean(picked, "train_flops"), N=_mean(picked, "params_non_embedding"),

@@ -2,7 +2,7 @@
 (test, else validation), which groups (the sweep's comparison groups, `group_name`; the
 family in files from before them), and the fit table that `spiralsearch fit` prints.
 
-    st = study(load_results("results/quickstart.duckdb")["trials"], bootstrap=200)
+    st = study(load_results("results/quickstart.duckdb")["trials"])
     rows = rows_of(st)     # one row per group: E, A, alpha, multiplier, backtest
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from spiralsearch.analysis import BOOTSTRAP
 from spiralsearch.analysis.study import Study, analyse
 from spiralsearch.model.spec import parse_spec
 from spiralsearch.store import connect_readonly
@@ -90,7 +91,7 @@ def group_column(trials: pd.DataFrame) -> str:
 
 
 def study(trials: pd.DataFrame, by: str | None = None, *, baseline: str | None = None,
-          bootstrap: int = 200, seed: int = 0, E: float | None = None,
+          bootstrap: int = BOOTSTRAP, seed: int = 0, E: float | None = None,
           shared_E: bool = False) -> Study:
     """The study analysis of a results file's trials (analysis/study.py): per group (`by`, a
     trials column; default `group_column`) the frontier, IsoFLOP and L(N, D) views on the

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from spiralsearch.analysis import BOOTSTRAP
 from spiralsearch.analysis.figures import COLORS, PALETTE, Page, group_colors, page_html, pages
 from spiralsearch.analysis.fits import (
     _usable,
@@ -55,7 +56,7 @@ def build_report(db: str | Path, out: str | Path | None = None, **kw) -> Path:
     return make_report(db, out, **kw).path
 
 
-def make_report(db: str | Path, out: str | Path | None = None, *, bootstrap: int = 200,
+def make_report(db: str | Path, out: str | Path | None = None, *, bootstrap: int = BOOTSTRAP,
                 seed: int = 0, by: str | None = None, baseline: str | None = None,
                 E: float | None = None, shared_E: bool = False, probes: bool = True,
                 probe_sequences: int = 16, static: str | None = None) -> Report:

@@ -2,7 +2,7 @@
 trials, intervals from resampling replicates, compute multipliers against a baseline group,
 and one sentence per comparison.
 
-    study = analyse(trials, bootstrap=200)  # trials: load_results(db)["trials"]
+    study = analyse(trials)                 # trials: load_results(db)["trials"]
     study.groups["spiral"].frontier         # L*(C) = E + A C^-alpha, best size per budget
     study.groups["spiral"].isoflop          # per budget: parabola in log N, N*(C), L*(C)
     study.conclusion                        # ["spiral reaches plain's loss at ... 0.62x ..."]
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spiralsearch.analysis import vp
+from spiralsearch.analysis import BOOTSTRAP, vp
 from spiralsearch.analysis.compare import LEVEL, _ci, _compare, _within
 from spiralsearch.analysis.fitting import jsonable
 from spiralsearch.analysis.views import Layout, Pass, run_pass
@@ -163,7 +163,7 @@ class Study:
 
 
 def analyse(trials: pd.DataFrame, *, by: str = "group", loss: str = "final_test_loss",
-            baseline: str | None = None, bootstrap: int = 200, seed: int = 0,
+            baseline: str | None = None, bootstrap: int = BOOTSTRAP, seed: int = 0,
             E: float | None = None, shared_E: bool = False, n_curve: int = 12) -> Study:
     """Analyse a study's trials (a load_results frame with `by` and `loss` columns).
     `baseline`: the group every other is compared with (default: the first). `E`: a stated

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from spiralsearch.analysis import BOOTSTRAP
 from spiralsearch.cli import (
     add_db,
     add_format,
@@ -38,7 +39,8 @@ def add_study_args(p: argparse.ArgumentParser) -> None:
                    "groups, group_name; family for older results)")
     p.add_argument("--baseline", help="the group the others are compared with (default: "
                    "the first group)")
-    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap draws (default 200)")
+    p.add_argument("--bootstrap", type=int, default=BOOTSTRAP,
+                   help=f"bootstrap draws (default {BOOTSTRAP})")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     e = p.add_mutually_exclusive_group()
     e.add_argument("--E", type=float, dest="fix_E", metavar="NATS",

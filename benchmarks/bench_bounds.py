@@ -9,11 +9,11 @@ op) is reported apart. Target: a refusal in milliseconds, every describe under 1
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import platform
-import resource
 import time
 from pathlib import Path
+
+from fresh import in_fresh_process, peak_rss_mb, warm_describe
 
 OUT = Path(__file__).parent / "results" / "bounds.json"
 WIDE = dict(d_model=1 << 16, n_heads=1024, mlp_ratio=16.0, vocab_size=1 << 20)
@@ -31,19 +31,14 @@ REFUSED = ["2+1000000000x{1}+2", "1" * 5000, "2+2x{1/7919,1/7907}+2",
 
 
 def _row(name: str, spec: str, seq_len: int, options: dict, queue) -> None:
-    t0 = time.perf_counter()
-    from spiralsearch.model.counting import describe
-
-    describe("1", seq_len=8)  # imports and the first meta-device op
-    startup = time.perf_counter() - t0
+    describe, startup = warm_describe()
     t0 = time.perf_counter()
     r = describe(spec, "tiny", seq_len=seq_len, **options)
     seconds = time.perf_counter() - t0
     queue.put(dict(name=name, spec=spec if len(spec) < 80 else f"{spec[:60]}... ({len(spec)} "
                    "chars)", seq_len=seq_len, options=options, seconds=round(seconds, 3),
                    process_startup_s=round(startup, 3),
-                   peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                                     1),
+                   peak_rss_mb=peak_rss_mb(),
                    traced=r["flops_traced"], unrolled_depth=r["unrolled_depth"],
                    period=r["decode"]["period"], params_total=r["params_total"]))
 
@@ -73,15 +68,10 @@ def main() -> None:
     refusals = _refusals()
     for r in refusals:
         print(f"refused in {r['ms']:7.2f} ms (exit {r['exit']}): {r['spec'][:50]}")
-    ctx = mp.get_context("spawn")
     rows = []
     for name, (spec, seq_len, options) in ROWS.items():
-        q = ctx.Queue()
-        p = ctx.Process(target=_row, args=(name, spec, seq_len, options, q))
-        p.start()
-        rows.append(q.get())
-        p.join()
-        r = rows[-1]
+        r = in_fresh_process(_row, name, spec, seq_len, options)
+        rows.append(r)
         print(f"{name:22s} {r['seconds']:6.2f} s ({r['process_startup_s']:.2f} s start-up) "
               f"{r['peak_rss_mb']:6.0f} MB peak RSS, traced={r['traced']}, "
               f"unrolled {r['unrolled_depth']:,}, period {r['period']:,}")

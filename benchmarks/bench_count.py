@@ -9,11 +9,11 @@ reported apart from the row's time. Target: every row under 2 s and 1 GB.
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import platform
-import resource
 import time
 from pathlib import Path
+
+from fresh import in_fresh_process, peak_rss_mb, warm_describe
 
 PRESETS = ["pythia-160m", "pythia-410m", "pythia-1b", "pythia-1.4b"]
 PLAIN = {"pythia-160m": "12", "pythia-410m": "24", "pythia-1b": "16", "pythia-1.4b": "24"}
@@ -27,39 +27,27 @@ OUT = Path(__file__).parent / "results" / "count.json"
 
 
 def _row(preset: str, layout: str, spec: str, queue) -> None:
-    t0 = time.perf_counter()
-    from spiralsearch.model.counting import describe
-
-    # One-time costs of a fresh process: imports, and the first meta-device op, which makes
-    # torch import torch._dynamo for its Python op references (~1-2 s on torch 2.13).
-    describe("1", seq_len=8)
-    startup = time.perf_counter() - t0
+    describe, startup = warm_describe()
     t0 = time.perf_counter()
     r = describe(spec, preset, seq_len=SEQ_LEN)
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
     describe(spec, preset, seq_len=SEQ_LEN)
     again = time.perf_counter() - t0
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     queue.put(dict(preset=preset, layout=layout, spec=spec, process_startup_s=round(startup, 3),
                    seconds=round(first, 3), seconds_again=round(again, 3),
-                   peak_rss_mb=round(peak_mb, 1),
+                   peak_rss_mb=peak_rss_mb(),
                    flops_forward=r["flops_forward"],
                    exact=r["flops_forward"] == r["flops_forward_analytic"],
                    params_total=r["params_total"]))
 
 
 def main() -> None:
-    ctx = mp.get_context("spawn")
     rows = []
     for preset in PRESETS:
         for layout, spec in {"plain": PLAIN[preset], **LAYOUTS}.items():
-            q = ctx.Queue()
-            p = ctx.Process(target=_row, args=(preset, layout, spec, q))
-            p.start()
-            rows.append(q.get())
-            p.join()
-            r = rows[-1]
+            r = in_fresh_process(_row, preset, layout, spec)
+            rows.append(r)
             print(f"{preset:12s} {layout:9s} {r['seconds']:6.2f}s ({r['seconds_again']:.2f}s "
                   f"again, {r['process_startup_s']:.2f}s process start-up) "
                   f"{r['peak_rss_mb']:6.0f} MB peak RSS  exact={r['exact']}")

@@ -97,13 +97,10 @@ def start_ray(address: str | None = None, num_cpus: int | None = None,
 
 
 def trial_resources(space: SearchSpace) -> dict[str, float]:
-    """Ray resources of one trial: CPUs, (fractional) GPUs, so Ray packs trials onto GPUs
-    (gpu: 0.5 puts two trials on each GPU), and memory (bytes) when resources.memory_gb
-    says."""
-    out = {"cpu": space.resources.cpu, "gpu": space.resources.gpu}
-    if space.resources.memory_gb:
-        out["memory"] = space.resources.memory_gb * GIB
-    return out
+    """Ray Tune's resources of one (one-worker) trial: the bundle a worker asks
+    (`_asks`: CPUs, fractional GPUs, so gpu: 0.5 puts two trials on each GPU, and memory
+    when resources.memory_gb says), in Tune's lowercase names."""
+    return {name.lower(): v for name, v in _asks(space).items()}
 
 
 class ClusterError(ValueError):

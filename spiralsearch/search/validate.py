@@ -28,6 +28,7 @@ from spiralsearch.fields import (
 from spiralsearch.identity import EXECUTION
 from spiralsearch.model.config import CHOICES, PRESETS, ModelConfig
 from spiralsearch.model.spec import SpecError, parse_spec
+from spiralsearch.search.storage import is_uri
 
 SECTIONS = ("name", "description", "data", "model", "train", "budget", "sizes", "search",
             "resources", "storage")
@@ -424,8 +425,8 @@ def check_storage(raw: Any) -> str | None:
         return None
     if not isinstance(raw, str) or not raw.strip():
         raise SpaceError(f"storage: expected a folder path or URI, got {raw!r}")
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", raw):
-        if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?]*/?[^?]*[^/?]", raw):
+    if is_uri(raw):
+        if not raw.partition("?")[0].split("://", 1)[1].strip("/"):
             raise SpaceError(f"storage: {raw!r} names no folder; give one, e.g. "
                              f"s3://bucket/runs")
         return raw
